@@ -1,0 +1,54 @@
+# shunt — build, run, test. Everything a fresh Debian machine needs is installed by the targets
+# themselves (scripts/install-deps.sh, as root), so `make run` and `make test` work on a new box.
+
+CARGO ?= cargo
+# rustup installs cargo in ~/.cargo/bin, which a non-login shell (CI, sudo) may not have on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all build run test deps lint fmt bench bench-quick fuzz clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+run:
+	scripts/run-demo.sh
+
+deps:
+	scripts/install-deps.sh
+
+# The integration tests run target/release/shunt and the examples (SHUNT_BIN overrides the path),
+# so build those first, then run every test even when one fails.
+test: deps
+	$(CARGO) build --release --bins --examples
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --release --no-fail-fast"; \
+		$(CARGO) nextest run --release --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found: falling back to cargo test"; \
+		echo "$(CARGO) test --release --no-fail-fast --tests"; \
+		$(CARGO) test --release --no-fail-fast --tests; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	@test -x scripts/bench.sh || { echo "make bench: scripts/bench.sh does not exist yet" >&2; exit 1; }
+	scripts/bench.sh
+
+bench-quick:
+	@test -x scripts/bench.sh || { echo "make bench-quick: scripts/bench.sh does not exist yet" >&2; exit 1; }
+	scripts/bench.sh --quick
+
+fuzz:
+	@echo "make fuzz: no fuzz targets yet (planned: cargo fuzz on the conf parser and admin request parser)" >&2
+	@exit 1
+
+clean:
+	$(CARGO) clean

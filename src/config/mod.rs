@@ -1,0 +1,232 @@
+//! The validated configuration: an immutable value built once per load (start-up or reload).
+//!
+//! `parse.rs` turns conf-file text into this value, collecting every error as `FILE:LINE: message`.
+//! Nothing outside this module ever sees a conf-file string: workers, the health thread and the
+//! admin thread receive an `Arc<Config>` and never mutate it. A reload builds a whole new value.
+
+mod lexer;
+mod parse;
+
+pub use parse::{load, parse_bytes};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default conf file location (DESIGN.md, "Command line").
+pub const DEFAULT_PATH: &str = "/etc/shunt/shunt.conf";
+
+/// Everything a running shunt needs to know, checked whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this value was read from (for messages and reloads).
+    pub path: PathBuf,
+    /// Event-loop threads, each with its own `SO_REUSEPORT` listeners. At least 1.
+    pub workers: usize,
+    /// Proxied connections over all services together; at the cap, accepting pauses.
+    pub max_conns: usize,
+    /// Admin HTTP endpoint address; `None` = off.
+    pub admin: Option<SocketAddr>,
+    /// File whose content (trimmed) is the bearer token that admin POSTs need.
+    pub admin_token: Option<PathBuf>,
+    /// How long SIGTERM waits for live connections.
+    pub drain_timeout: Duration,
+    /// Log level from the `log` directive; `RUST_LOG`, when set, wins.
+    pub log_level: log::LevelFilter,
+    /// Services in file order. Names are unique.
+    pub services: Vec<Service>,
+}
+
+/// One service: its listeners, its server pool, its policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Line of the `service` directive (for messages).
+    pub line: usize,
+    /// At least one.
+    pub binds: Vec<Bind>,
+    pub balance: Balance,
+    /// At least one; names unique within the service.
+    pub servers: Vec<Server>,
+    pub check: Check,
+    /// On a failed connect, try the next server this many more times.
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    /// No byte in either direction for this long: close both sides.
+    pub idle_timeout: Duration,
+    /// Per-service cap on proxied connections (`max_conns N` inside a service); `None` = no cap.
+    pub max_conns: Option<usize>,
+    /// `splice on|off`: move plain TCP with splice(2) (default) or through userspace buffers.
+    pub splice: bool,
+}
+
+/// A listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `*:PORT`: every IPv4 and IPv6 address (one dual-stack `[::]` socket).
+    Any(u16),
+    /// A concrete address such as `127.0.0.1:80`, `0.0.0.0:80`, `[::1]:80`, `[::]:80`.
+    Addr(SocketAddr),
+}
+
+impl ListenAddr {
+    /// The socket address to bind. `Any` binds `[::]` with `IPV6_V6ONLY` off.
+    pub fn socket_addr(&self) -> SocketAddr {
+        match *self {
+            ListenAddr::Any(port) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port),
+            ListenAddr::Addr(a) => a,
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Any(port) => write!(f, "*:{port}"),
+            ListenAddr::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bind {
+    pub addr: ListenAddr,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Unique within its service.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// 0..=256; 0 = no new connections.
+    pub weight: u32,
+    /// Gets traffic only while no non-backup server of the service is up.
+    pub backup: bool,
+    /// Starts administratively disabled: no traffic, no probes.
+    pub disabled: bool,
+    /// Cap on this server's concurrent connections; `None` = no cap.
+    pub maxconn: Option<u32>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's algorithm).
+    #[default]
+    RoundRobin,
+    /// The server with the fewest active connections relative to its weight.
+    LeastConn,
+    /// The first server in file order that has room (`maxconn`).
+    First,
+    /// A hash of the client address picks the server.
+    Source,
+}
+
+/// The health check applied to every server of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that take an up server down.
+    pub fall: u32,
+    /// Probe this port instead of the server's.
+    pub port: Option<u16>,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check {
+            kind: CheckKind::None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// No `check` line: no periodic probes while servers are up. A server that passive checks
+    /// marked down is probed with a TCP connect until it rises again.
+    None,
+    /// A connect succeeds.
+    Tcp,
+    /// Connect, send `send`, the reply must contain `expect`.
+    Send { send: Vec<u8>, expect: Vec<u8> },
+    /// An HTTP/1.1 request; the status must match.
+    Http {
+        method: String,
+        path: String,
+        expect: StatusMatch,
+    },
+}
+
+/// `expect 200` or `expect 2xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Exact(u16),
+    /// The hundreds digit: `2xx` is `Class(2)`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        match *self {
+            StatusMatch::Exact(s) => s == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// One configuration error, reported as `FILE:LINE: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error concerns the file as a whole (unreadable, empty of services).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// One line per service, for `--check`.
+    pub fn summary(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .map(|s| {
+                let binds: Vec<String> = s.binds.iter().map(|b| b.addr.to_string()).collect();
+                format!(
+                    "service {}: bind {} -> {} server(s), balance {:?}, check {}",
+                    s.name,
+                    binds.join(","),
+                    s.servers.len(),
+                    s.balance,
+                    match &s.check.kind {
+                        CheckKind::None => "none (passive only)",
+                        CheckKind::Tcp => "tcp",
+                        CheckKind::Send { .. } => "send/expect",
+                        CheckKind::Http { .. } => "http",
+                    }
+                )
+            })
+            .collect()
+    }
+}

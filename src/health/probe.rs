@@ -1,0 +1,288 @@
+//! One active probe as a non-blocking state machine: connect, optionally send a request, read
+//! until the reply is judged. The health thread drives many of these at once on its own
+//! `mio::Poll`, so a black-holed server only costs its own probe's timeout.
+
+use crate::config::{CheckKind, StatusMatch};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Replies are judged on at most this many bytes; a server that sends more without matching
+/// fails the probe instead of growing our buffer.
+pub const MAX_REPLY: usize = 16 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    Connecting,
+    /// Writing the request; `usize` bytes of it are sent.
+    Sending(usize),
+    Reading,
+}
+
+/// The verdict of a finished probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+}
+
+pub struct Probe {
+    pub stream: mio::net::TcpStream,
+    pub started: Instant,
+    pub deadline: Instant,
+    stage: Stage,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Probe {
+    /// Starts connecting; the caller registers `stream` for READABLE | WRITABLE.
+    pub fn start(
+        addr: SocketAddr,
+        kind: &CheckKind,
+        now: Instant,
+        deadline: Instant,
+    ) -> io::Result<Probe> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        let request = match kind {
+            CheckKind::None | CheckKind::Tcp => Vec::new(),
+            CheckKind::Send { send, .. } => send.clone(),
+            CheckKind::Http { method, path, .. } => {
+                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shunt-health\r\nConnection: close\r\n\r\n")
+                    .into_bytes()
+            }
+        };
+        Ok(Probe {
+            stream,
+            started: now,
+            deadline,
+            stage: Stage::Connecting,
+            request,
+            reply: Vec::new(),
+        })
+    }
+
+    /// Advances on readiness. `Some` once the probe is decided.
+    pub fn advance(&mut self, kind: &CheckKind) -> Option<Verdict> {
+        loop {
+            match self.stage {
+                Stage::Connecting => {
+                    match self.stream.take_error() {
+                        Ok(Some(e)) | Err(e) => {
+                            return Some(Verdict::Fail(format!("connect: {e}")))
+                        }
+                        Ok(None) => {}
+                    }
+                    match self.stream.peer_addr() {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+                        Err(e) => return Some(Verdict::Fail(format!("connect: {e}"))),
+                    }
+                    if matches!(kind, CheckKind::None | CheckKind::Tcp) {
+                        return Some(Verdict::Pass);
+                    }
+                    self.stage = Stage::Sending(0);
+                }
+                Stage::Sending(sent) => match self.stream.write(&self.request[sent..]) {
+                    Ok(n) if sent + n == self.request.len() => self.stage = Stage::Reading,
+                    Ok(n) => self.stage = Stage::Sending(sent + n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Some(Verdict::Fail(format!("send: {e}"))),
+                },
+                Stage::Reading => {
+                    let mut chunk = [0u8; 4096];
+                    match self.stream.read(&mut chunk) {
+                        Ok(0) => {
+                            return Some(judge(kind, &self.reply, true).unwrap_or_else(|| {
+                                Verdict::Fail(format!(
+                                    "connection closed after {} byte(s) without a match",
+                                    self.reply.len()
+                                ))
+                            }))
+                        }
+                        Ok(n) => {
+                            let take = n.min(MAX_REPLY - self.reply.len());
+                            self.reply.extend_from_slice(&chunk[..take]);
+                            if let Some(v) = judge(kind, &self.reply, false) {
+                                return Some(v);
+                            }
+                            if self.reply.len() >= MAX_REPLY {
+                                return Some(Verdict::Fail(format!(
+                                    "no match in the first {MAX_REPLY} bytes"
+                                )));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Some(Verdict::Fail(format!("read: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Judges the reply so far; `None` while more bytes could still decide it.
+pub fn judge(kind: &CheckKind, reply: &[u8], eof: bool) -> Option<Verdict> {
+    match kind {
+        CheckKind::None | CheckKind::Tcp => Some(Verdict::Pass),
+        CheckKind::Send { expect, .. } => {
+            if contains(reply, expect) {
+                Some(Verdict::Pass)
+            } else if eof {
+                Some(Verdict::Fail(format!(
+                    "reply does not contain {:?}",
+                    String::from_utf8_lossy(expect)
+                )))
+            } else {
+                None
+            }
+        }
+        CheckKind::Http { expect, .. } => match http_status(reply) {
+            Some(Ok(status)) if expect.matches(status) => Some(Verdict::Pass),
+            Some(Ok(status)) => Some(Verdict::Fail(format!(
+                "HTTP status {status}, expected {}",
+                show(expect)
+            ))),
+            Some(Err(())) => Some(Verdict::Fail(
+                "reply is not an HTTP/1.x status line".to_string(),
+            )),
+            None if eof => Some(Verdict::Fail(
+                "connection closed before a full status line".to_string(),
+            )),
+            None => None,
+        },
+    }
+}
+
+fn show(m: &StatusMatch) -> String {
+    match m {
+        StatusMatch::Exact(s) => s.to_string(),
+        StatusMatch::Class(c) => format!("{c}xx"),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Parses the status of `HTTP/1.x NNN ...\r\n`. `None` until the line is complete,
+/// `Some(Err)` when the bytes cannot be a status line.
+pub fn http_status(reply: &[u8]) -> Option<Result<u16, ()>> {
+    const PREFIX: &[u8] = b"HTTP/1.";
+    let check_len = reply.len().min(PREFIX.len());
+    if reply[..check_len] != PREFIX[..check_len] {
+        return Some(Err(()));
+    }
+    let line_end = reply.iter().position(|&b| b == b'\n')?;
+    let line = &reply[..line_end];
+    // "HTTP/1.1 200" at least: prefix, minor digit, space, three digits.
+    if line.len() < 12 || !line[7].is_ascii_digit() || line[8] != b' ' {
+        return Some(Err(()));
+    }
+    let digits = &line[9..12];
+    if !digits.iter().all(u8::is_ascii_digit)
+        || line.get(12).is_some_and(|b| !matches!(b, b' ' | b'\r'))
+    {
+        return Some(Err(()));
+    }
+    let status = digits
+        .iter()
+        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    Some(Ok(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(expect: StatusMatch) -> CheckKind {
+        CheckKind::Http {
+            method: "GET".into(),
+            path: "/health".into(),
+            expect,
+        }
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(http_status(b"HTTP/1.1 200 OK\r\n"), Some(Ok(200)));
+        assert_eq!(http_status(b"HTTP/1.0 503\r\n"), Some(Ok(503)));
+        assert_eq!(http_status(b"HTTP/1.1 204\n"), Some(Ok(204)));
+        assert_eq!(
+            http_status(b"HTTP/1.1 200 O"),
+            None,
+            "line not complete yet"
+        );
+        assert_eq!(http_status(b"HTT"), None);
+        assert_eq!(http_status(b""), None);
+        assert_eq!(http_status(b"SSH-2.0-OpenSSH\r\n"), Some(Err(())));
+        assert_eq!(http_status(b"HTTP/1.1 2x0 OK\r\n"), Some(Err(())));
+        assert_eq!(http_status(b"HTTP/1.1 2000 OK\r\n"), Some(Err(())));
+        assert_eq!(http_status(b"HTTP/1.1\r\n"), Some(Err(())));
+    }
+
+    #[test]
+    fn judge_http_exact_and_class() {
+        assert_eq!(
+            judge(
+                &http(StatusMatch::Exact(200)),
+                b"HTTP/1.1 200 OK\r\n",
+                false
+            ),
+            Some(Verdict::Pass)
+        );
+        assert!(matches!(
+            judge(
+                &http(StatusMatch::Exact(200)),
+                b"HTTP/1.1 503 No\r\n",
+                false
+            ),
+            Some(Verdict::Fail(_))
+        ));
+        assert_eq!(
+            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 204 \r\n", false),
+            Some(Verdict::Pass)
+        );
+        assert_eq!(
+            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", false),
+            None
+        );
+        assert!(matches!(
+            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", true),
+            Some(Verdict::Fail(_))
+        ));
+    }
+
+    #[test]
+    fn judge_send_expect() {
+        let kind = CheckKind::Send {
+            send: b"PING\r\n".to_vec(),
+            expect: b"+PONG".to_vec(),
+        };
+        assert_eq!(judge(&kind, b"+PONG\r\n", false), Some(Verdict::Pass));
+        assert_eq!(judge(&kind, b"+PO", false), None);
+        assert!(matches!(
+            judge(&kind, b"-ERR", true),
+            Some(Verdict::Fail(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_replies_never_panic() {
+        let mut seed = 0x1234_5678u64;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 56) as u8
+                })
+                .collect();
+            let _ = http_status(&bytes);
+            let _ = judge(&http(StatusMatch::Class(2)), &bytes, len % 2 == 0);
+        }
+    }
+}

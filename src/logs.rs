@@ -1,0 +1,112 @@
+//! Logging helpers: rate-limited warnings (no log storm when the same error repeats, e.g.
+//! EMFILE under load) and the one-line session summary.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// At most this many lines per key, per thread, per window.
+const BURST: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(1);
+
+struct Window {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+thread_local! {
+    // Per thread so the data path takes no lock; each worker limits its own repeats.
+    static WINDOWS: RefCell<HashMap<&'static str, Window>> = RefCell::new(HashMap::new());
+}
+
+/// Logs at warn unless lines with the same `key` already filled this thread's window; the
+/// first line of the next window says how many were dropped.
+pub fn limited_warn(key: &'static str, args: fmt::Arguments<'_>) {
+    let now = Instant::now();
+    let verdict = WINDOWS.with(|w| {
+        let mut map = w.borrow_mut();
+        let win = map.entry(key).or_insert(Window {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(win.started) >= WINDOW {
+            let dropped = win.suppressed;
+            *win = Window {
+                started: now,
+                logged: 1,
+                suppressed: 0,
+            };
+            Some(dropped)
+        } else if win.logged < BURST {
+            win.logged += 1;
+            Some(0)
+        } else {
+            win.suppressed += 1;
+            None
+        }
+    });
+    match verdict {
+        Some(0) => log::warn!("{args}"),
+        Some(dropped) => log::warn!("{args} ({dropped} similar message(s) suppressed)"),
+        None => {}
+    }
+}
+
+/// How and where a session ended, in the spirit of HAProxy's two-letter termination state.
+/// First letter: who or what ended it. Second: the phase it was in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Both directions finished with FIN.
+    Normal,
+    /// The client reset or failed.
+    ClientAbort,
+    /// The server reset or failed, or every connect attempt failed.
+    ServerAbort,
+    /// The last connect attempt timed out.
+    ConnectTimeout,
+    /// No byte either way for `timeout idle`.
+    IdleTimeout,
+    /// No server could take the connection (all down, drained, full).
+    NoServer,
+    /// Out of descriptors or memory locally.
+    Resource,
+    /// Closed by shutdown at the end of `drain_timeout`.
+    Killed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connect,
+    Data,
+}
+
+/// The termination code, e.g. `--`, `CD`, `SC`, `sC`, `TD`, `NC`, `RC`, `KD`.
+pub fn term_code(cause: Cause, phase: Phase) -> [char; 2] {
+    let who = match cause {
+        Cause::Normal => return ['-', '-'],
+        Cause::ClientAbort => 'C',
+        Cause::ServerAbort => 'S',
+        Cause::ConnectTimeout => 's',
+        Cause::IdleTimeout => 'T',
+        Cause::NoServer => 'N',
+        Cause::Resource => 'R',
+        Cause::Killed => 'K',
+    };
+    [who, if phase == Phase::Connect { 'C' } else { 'D' }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(term_code(Cause::Normal, Phase::Data), ['-', '-']);
+        assert_eq!(term_code(Cause::ServerAbort, Phase::Connect), ['S', 'C']);
+        assert_eq!(term_code(Cause::IdleTimeout, Phase::Data), ['T', 'D']);
+        assert_eq!(term_code(Cause::ConnectTimeout, Phase::Connect), ['s', 'C']);
+    }
+}

@@ -1,0 +1,167 @@
+//! The `shunt` command: parse the command line, load the conf file, start the balancer, turn
+//! signals into drains, and map every failure to the exit codes of DESIGN.md
+//! (0 clean shutdown, 1 configuration error, 2 runtime failure at start).
+
+use shunt::config::{self, Config};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: shunt [-c FILE]          run; FILE defaults to /etc/shunt/shunt.conf
+       shunt --check -c FILE    validate FILE and print a summary per service
+       shunt --version | --help
+
+signals: SIGHUP reload (not supported yet), SIGTERM/SIGINT drain and exit";
+
+enum Mode {
+    Run,
+    Check,
+}
+
+struct Args {
+    mode: Mode,
+    conf: PathBuf,
+}
+
+fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
+    let mut args = Args {
+        mode: Mode::Run,
+        conf: PathBuf::from(config::DEFAULT_PATH),
+    };
+    while let Some(arg) = argv.next() {
+        match arg.to_str() {
+            Some("-c" | "--config") => {
+                args.conf = argv.next().ok_or("-c needs a FILE argument")?.into();
+            }
+            Some("--check") => args.mode = Mode::Check,
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            Some("-V" | "--version") => {
+                println!("shunt {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            _ => return Err(format!("unknown argument {:?}", arg.to_string_lossy())),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        eprintln!("shunt: {} error(s) in {}", errors.len(), path.display());
+        ExitCode::from(1)
+    })
+}
+
+fn init_logging(level: log::LevelFilter) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format_timestamp_millis();
+    // RUST_LOG, when set, wins over the conf file's `log` directive.
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder.init();
+}
+
+/// Raises the soft descriptor limit to the hard one: every proxied connection costs two.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // why unsafe: get/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("shunt: {msg}\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = match load(&args.conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Mode::Check = args.mode {
+        for line in config.summary() {
+            println!("{line}");
+        }
+        println!("{}: configuration ok", args.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_level);
+    raise_fd_limit();
+
+    // Signals are blocked into an iterator before any thread starts, so none is lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shunt: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let drain_timeout = config.drain_timeout;
+    let running = match shunt::start(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (service, addr) in &running.listening {
+        log::info!("service {service} listening on {addr}");
+    }
+    let control = running.control();
+    std::thread::Builder::new()
+        .name("shunt-signals".into())
+        .spawn(move || {
+            let mut draining = false;
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => log::warn!(
+                        "SIGHUP: reload is not supported yet; the running configuration stays"
+                    ),
+                    _ if draining => {
+                        log::warn!("second stop signal: exiting now");
+                        std::process::exit(0);
+                    }
+                    _ => {
+                        draining = true;
+                        log::info!(
+                            "stop signal: draining for up to {}s",
+                            drain_timeout.as_secs()
+                        );
+                        control.drain(Instant::now() + drain_timeout);
+                    }
+                }
+            }
+        })
+        .expect("spawning the signal thread at start-up");
+    match running.wait() {
+        Ok(()) => {
+            log::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("worker failed: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Moving bytes in one direction of a session: from a source socket, through a pipe (splice)
+//! or a fixed buffer (copy), to a destination socket.
+//!
+//! A [`Flow`] holds a channel only while bytes are in flight and hands it back to the worker's
+//! [`Pools`] as soon as it is empty, so an idle proxied connection costs exactly its two
+//! sockets. A full channel stops reading from the source: memory per connection is bounded by
+//! one pipe or one buffer per direction, whatever the peers do.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Pipe size requested with `F_SETPIPE_SZ`. 64 KiB is the kernel's default; asking for it
+/// explicitly keeps the figure documented and lets one place change it.
+pub const PIPE_SIZE: usize = 64 * 1024;
+/// Buffer size of the copy path. Matches the largest TLS record so TLS can share it later.
+pub const BUF_SIZE: usize = 16 * 1024;
+/// Idle pipes and buffers a worker keeps for reuse; more are freed. Each idle pipe holds two
+/// descriptors, so this bounds what the pool takes from the descriptor budget.
+const POOL_MAX_IDLE: usize = 256;
+
+/// A kernel pipe used as a splice(2) intermediary.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // why unsafe: pipe2 writes two descriptors into the array we own; we take ownership
+        // of both right after checking the result.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Best effort: a smaller pipe still works, it just moves less per call.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
+        Ok(Pipe { read, write })
+    }
+}
+
+/// A fixed-capacity byte buffer; bytes live in `data[start..end]`. Never grows.
+pub struct Buffer {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffer {
+    fn new() -> Buffer {
+        Buffer {
+            data: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+/// Where a flow's in-flight bytes sit.
+pub enum Channel {
+    Pipe(Pipe),
+    Buf(Buffer),
+}
+
+/// Reusable pipes and buffers of one worker.
+#[derive(Default)]
+pub struct Pools {
+    pipes: Vec<Pipe>,
+    bufs: Vec<Buffer>,
+    /// Pipes currently lent to flows (for metrics and tests).
+    pub pipes_lent: usize,
+}
+
+impl Pools {
+    /// A pipe when `splice` is wanted and one can be had; otherwise a buffer. Running out of
+    /// descriptors for a pipe degrades to the copy path instead of failing the session.
+    fn take(&mut self, splice: bool) -> Channel {
+        if splice {
+            if let Some(p) = self.pipes.pop() {
+                self.pipes_lent += 1;
+                return Channel::Pipe(p);
+            }
+            match Pipe::new() {
+                Ok(p) => {
+                    self.pipes_lent += 1;
+                    return Channel::Pipe(p);
+                }
+                Err(e) => crate::logs::limited_warn(
+                    "pipe",
+                    format_args!("pipe2 failed ({e}); copying through a buffer"),
+                ),
+            }
+        }
+        Channel::Buf(self.bufs.pop().unwrap_or_else(Buffer::new))
+    }
+
+    /// Takes back an empty channel.
+    fn give(&mut self, chan: Channel) {
+        match chan {
+            Channel::Pipe(p) => {
+                self.pipes_lent -= 1;
+                if self.pipes.len() < POOL_MAX_IDLE {
+                    self.pipes.push(p);
+                }
+            }
+            Channel::Buf(mut b) => {
+                if self.bufs.len() < POOL_MAX_IDLE {
+                    b.start = 0;
+                    b.end = 0;
+                    self.bufs.push(b);
+                }
+            }
+        }
+    }
+}
+
+/// Our own view of a socket's readiness (edge-triggered epoll reports each edge once).
+/// A flag is set by an event and cleared only when a call returns WouldBlock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Which end of a flow failed.
+#[derive(Debug)]
+pub enum FlowError {
+    Source(io::Error),
+    Dest(io::Error),
+}
+
+/// One direction of a session.
+#[derive(Default)]
+pub struct Flow {
+    /// Holds in-flight bytes; `None` whenever `pending == 0`.
+    chan: Option<Channel>,
+    /// Bytes read from the source and not yet written to the destination.
+    pending: usize,
+    /// The source returned EOF (or is known dead): nothing more will be read.
+    pub src_eof: bool,
+    /// We sent FIN (`shutdown(SHUT_WR)`) to the destination.
+    pub dst_shut: bool,
+    /// Bytes delivered to the destination.
+    pub delivered: u64,
+}
+
+impl Flow {
+    /// Everything the source sent has reached the destination and FIN was passed on.
+    pub fn done(&self) -> bool {
+        self.src_eof && self.pending == 0 && self.dst_shut
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Moves as much as readiness allows; returns the bytes delivered by this call. Stops when
+    /// neither side can make progress. Passes FIN on once the source is at EOF and drained.
+    pub fn pump(
+        &mut self,
+        src: RawFd,
+        dst: RawFd,
+        src_ready: &mut Ready,
+        dst_ready: &mut Ready,
+        pools: &mut Pools,
+        splice: bool,
+    ) -> Result<usize, FlowError> {
+        let mut delivered = 0;
+        // why a cap: a peer that keeps both sides ready forever (a fast local transfer) must
+        // not starve the other sessions of this worker; we come back on the next turn.
+        for _ in 0..64 {
+            let mut progress = false;
+            if self.pending > 0 && dst_ready.writable {
+                let chan = self
+                    .chan
+                    .as_mut()
+                    .expect("invariant: pending > 0 implies a channel");
+                match drain(chan, dst, self.pending) {
+                    Ok(n) => {
+                        self.pending -= n;
+                        delivered += n;
+                        progress = n > 0;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(FlowError::Dest(e)),
+                }
+            }
+            if !self.src_eof && src_ready.readable && self.pending < capacity(self.chan.as_ref()) {
+                let chan = self.chan.get_or_insert_with(|| pools.take(splice));
+                match fill(chan, src, self.pending) {
+                    Ok(0) => {
+                        self.src_eof = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        self.pending += n;
+                        progress = true;
+                    }
+                    // A splice into a pipe that still holds bytes can fail for lack of pipe
+                    // slots rather than of socket data: keep the flag, retry after a drain.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.pending == 0 || matches!(chan, Channel::Buf(_)) {
+                            src_ready.readable = false;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(FlowError::Source(e)),
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if self.pending == 0 {
+            if let Some(chan) = self.chan.take() {
+                pools.give(chan);
+            }
+        }
+        if self.src_eof && self.pending == 0 && !self.dst_shut {
+            self.dst_shut = true;
+            // why ignore errors: ENOTCONN means the peer is already gone; the next read or
+            // write on it reports that with the right side attached.
+            unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+        }
+        self.delivered += delivered as u64;
+        Ok(delivered)
+    }
+
+    /// Ends the flow without delivering what is pending (its destination is gone).
+    pub fn abandon(&mut self, pools: &mut Pools) {
+        self.src_eof = true;
+        self.dst_shut = true;
+        self.pending = 0;
+        if let Some(chan) = self.chan.take() {
+            // A pipe may still hold bytes: it cannot be reused, so drop it instead.
+            match chan {
+                Channel::Pipe(_) => pools.pipes_lent -= 1,
+                buf => pools.give(buf),
+            }
+        }
+    }
+
+    /// Hands the channel back when the session goes away.
+    pub fn release(&mut self, pools: &mut Pools) {
+        self.abandon(pools);
+    }
+}
+
+fn capacity(chan: Option<&Channel>) -> usize {
+    match chan {
+        Some(Channel::Buf(_)) => BUF_SIZE,
+        // Before the channel exists we do not know its kind; any non-zero room will do.
+        Some(Channel::Pipe(_)) | None => PIPE_SIZE,
+    }
+}
+
+fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<usize> {
+    match chan {
+        Channel::Pipe(p) => splice(src, p.write.as_raw_fd(), PIPE_SIZE - pending),
+        Channel::Buf(b) => {
+            if b.start == b.end {
+                b.start = 0;
+                b.end = 0;
+            } else if b.end == b.data.len() {
+                b.data.copy_within(b.start..b.end, 0);
+                b.end -= b.start;
+                b.start = 0;
+            }
+            let room = &mut b.data[b.end..];
+            // why unsafe: read(2) into a slice we own, bounded by its length.
+            let n = unsafe { libc::read(src, room.as_mut_ptr().cast(), room.len()) };
+            let n = cvt(n)?;
+            b.end += n;
+            Ok(n)
+        }
+    }
+}
+
+fn drain(chan: &mut Channel, dst: RawFd, pending: usize) -> io::Result<usize> {
+    match chan {
+        Channel::Pipe(p) => splice(p.read.as_raw_fd(), dst, pending),
+        Channel::Buf(b) => {
+            let data = &b.data[b.start..b.end];
+            // why unsafe: send(2) from a slice we own; MSG_NOSIGNAL so a closed peer is an
+            // EPIPE error on this session, not a process-wide SIGPIPE.
+            let n =
+                unsafe { libc::send(dst, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+            let n = cvt(n)?;
+            b.start += n;
+            Ok(n)
+        }
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // why unsafe: splice(2) between two descriptors we own, no user memory involved.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    cvt(n)
+}
+
+fn cvt(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

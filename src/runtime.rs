@@ -1,0 +1,207 @@
+//! Starting and stopping a whole shunt: bind every listener (reporting which address failed
+//! and why), start the workers and the health thread, and wire their channels.
+//!
+//! The configuration travels as an `Arc<Config>`: a reload will build a new value, check it,
+//! and hand it over the same channels; nothing here assumes the value never changes.
+
+use crate::config::{Config, ListenAddr};
+use crate::health::{self, HealthLink, WorkerLink};
+use crate::net;
+use crate::shared::{HealthMsg, Stats, WorkerMsg};
+use crate::worker::{self, Worker, WorkerSetup};
+use mio::{Poll, Waker};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Why start-up failed (exit code 2).
+#[derive(Debug)]
+pub enum StartError {
+    Bind {
+        service: String,
+        addr: ListenAddr,
+        error: io::Error,
+    },
+    Io {
+        what: &'static str,
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind {
+                service,
+                addr,
+                error,
+            } => {
+                write!(f, "service {service}: cannot listen on {addr}: {error}")?;
+                match error.kind() {
+                    io::ErrorKind::AddrInUse => write!(
+                        f,
+                        " (another process holds this port; find it with `ss -ltnp`)"
+                    ),
+                    io::ErrorKind::PermissionDenied => {
+                        write!(f, " (ports below 1024 need root or CAP_NET_BIND_SERVICE)")
+                    }
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, " (no local interface has this address)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            StartError::Io { what, error } => write!(f, "{what}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running shunt.
+pub struct Running {
+    pub config: Arc<Config>,
+    pub stats: Arc<Stats>,
+    /// Every listener as bound, port 0 resolved: (service name, address).
+    pub listening: Vec<(String, SocketAddr)>,
+    workers: Vec<(WorkerLink, JoinHandle<io::Result<()>>)>,
+    health: HealthLink,
+    health_thread: Option<JoinHandle<()>>,
+}
+
+/// Binds everything and starts the threads.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let stats = Arc::new(Stats::new(&config));
+    let workers = config.workers.max(1);
+
+    // Worker 0 binds first; port 0 is resolved then, and the others bind the same address
+    // (SO_REUSEPORT), so every worker gets its own accept queue on one port.
+    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut listening = Vec::new();
+    for (si, svc) in config.services.iter().enumerate() {
+        for bind in &svc.binds {
+            let bind_err = |addr: ListenAddr, error| StartError::Bind {
+                service: svc.name.clone(),
+                addr,
+                error,
+            };
+            let first = net::bind_listener(&bind.addr, true).map_err(|e| bind_err(bind.addr, e))?;
+            let bound = first.local_addr().map_err(|e| bind_err(bind.addr, e))?;
+            let addr = worker::resolved(&bind.addr, bound);
+            listening.push((svc.name.clone(), bound));
+            per_worker[0].push((si, first));
+            for list in per_worker.iter_mut().skip(1) {
+                list.push((
+                    si,
+                    net::bind_listener(&addr, true).map_err(|e| bind_err(addr, e))?,
+                ));
+            }
+        }
+    }
+
+    let io_err = |what| move |error| StartError::Io { what, error };
+    let (health_thread, health_link) =
+        health::prepare(Arc::clone(&config), Arc::clone(&stats)).map_err(io_err("health poll"))?;
+    let mut links = Vec::new();
+    let mut handles = Vec::new();
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let poll = Poll::new().map_err(io_err("worker poll"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?,
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let link = WorkerLink {
+            tx,
+            waker: Arc::clone(&waker),
+        };
+        let setup = WorkerSetup {
+            index,
+            poll,
+            waker,
+            rx,
+            listeners,
+        };
+        let worker = Worker::new(
+            setup,
+            Arc::clone(&config),
+            Arc::clone(&stats),
+            health_link.clone(),
+        )
+        .map_err(io_err("worker registration"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("shunt-worker-{index}"))
+            .spawn(move || worker.run())
+            .map_err(io_err("worker thread"))?;
+        links.push(link.clone());
+        handles.push((link, handle));
+    }
+    let health_handle = health_thread
+        .spawn(links)
+        .map_err(io_err("health thread"))?;
+    Ok(Running {
+        config,
+        stats,
+        listening,
+        workers: handles,
+        health: health_link,
+        health_thread: Some(health_handle),
+    })
+}
+
+/// The handles other threads (signals, admin) use to steer the workers.
+#[derive(Clone)]
+pub struct Control {
+    workers: Vec<WorkerLink>,
+    health: HealthLink,
+}
+
+impl Control {
+    /// Stop accepting now; live sessions get until `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        for w in &self.workers {
+            w.send(WorkerMsg::Drain { deadline });
+        }
+    }
+
+    pub fn to_workers(&self, msg: WorkerMsg) {
+        for w in &self.workers {
+            w.send(msg.clone());
+        }
+    }
+
+    pub fn to_health(&self, msg: HealthMsg) {
+        self.health.send(msg);
+    }
+}
+
+impl Running {
+    pub fn control(&self) -> Control {
+        Control {
+            workers: self.workers.iter().map(|(l, _)| l.clone()).collect(),
+            health: self.health.clone(),
+        }
+    }
+
+    /// Waits for every worker to finish (after a drain), then stops the health thread.
+    /// Returns the first worker error, if any.
+    pub fn wait(mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for (_, handle) in self.workers.drain(..) {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err(io::Error::other("a worker thread panicked"))),
+            }
+        }
+        self.health.send(HealthMsg::Stop);
+        if let Some(h) = self.health_thread.take() {
+            let _ = h.join();
+        }
+        result
+    }
+}

@@ -1,0 +1,686 @@
+//! A worker: one thread, one `mio::Poll`, its own `SO_REUSEPORT` listeners and the sessions it
+//! accepted, kept in a slab. It owns everything it touches: no locks on the data path. Health
+//! verdicts, admin changes and shutdown arrive as [`WorkerMsg`]s on its channel, announced by
+//! its `mio::Waker`.
+//!
+//! One turn of the loop: poll; handle every event of the batch (sessions are only marked
+//! closed); free the slots closed so far; handle messages, accept on ready listeners, fire due
+//! timers; free again. A slot is never reused while an event of the batch could still name it.
+
+use crate::balance::{Balancer, Candidate};
+use crate::config::{Config, ListenAddr};
+use crate::health::HealthLink;
+use crate::logs::{self, Cause};
+use crate::net;
+use crate::relay::Pools;
+use crate::session::{Phase, Session, Step};
+use crate::shared::{AdminState, HealthMsg, RefuseReason, ServerId, ServerStats, Stats, WorkerMsg};
+use crate::timer::Timers;
+use crate::token::{self, Kind, Side};
+use crossbeam_channel::Receiver;
+use log::{debug, info};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Waker};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Connections accepted from one listener per turn before other work gets a go.
+const ACCEPT_BATCH: usize = 64;
+/// After EMFILE/ENFILE/ENOBUFS, accepting pauses this long unless a session closes first.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// While at `max_conns`, how often to look whether another worker freed room.
+const CAP_RECHECK: Duration = Duration::from_millis(20);
+
+struct Listener {
+    service: usize,
+    socket: TcpListener,
+    /// Pending connections may be waiting (edge-triggered: set by an event, cleared only by
+    /// WouldBlock).
+    ready: bool,
+}
+
+/// A server as this worker sees it.
+struct ServerView {
+    addr: SocketAddr,
+    weight: u32,
+    backup: bool,
+    maxconn: Option<u32>,
+    /// Last verdict received from the health thread.
+    up: bool,
+    admin: AdminState,
+    stats: Arc<ServerStats>,
+}
+
+impl Candidate for ServerView {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn backup(&self) -> bool {
+        self.backup
+    }
+    fn available(&self) -> bool {
+        self.up && self.admin == AdminState::Enabled
+    }
+    fn has_room(&self) -> bool {
+        self.maxconn
+            .is_none_or(|m| self.stats.active.load(Relaxed) < u64::from(m))
+    }
+    fn active(&self) -> u64 {
+        self.stats.active.load(Relaxed)
+    }
+}
+
+struct ServicePool {
+    balancer: Balancer,
+    servers: Vec<ServerView>,
+}
+
+/// Everything a worker needs before its thread starts.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub poll: Poll,
+    pub waker: Arc<Waker>,
+    pub rx: Receiver<WorkerMsg>,
+    /// (service index, bound listener).
+    pub listeners: Vec<(usize, std::net::TcpListener)>,
+}
+
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    rx: Receiver<WorkerMsg>,
+    health: HealthLink,
+    listeners: Vec<Listener>,
+    pools_by_service: Vec<ServicePool>,
+    sessions: Slab<Session>,
+    timers: Timers,
+    relay: Pools,
+    /// Slots closed during this turn, freed at its end.
+    closed: Vec<usize>,
+    next_id: u64,
+    /// Accepting is paused (out of descriptors) until then, or until a session closes.
+    accept_paused_until: Option<Instant>,
+    /// A listener is ready but a connection cap holds it back.
+    cap_blocked: bool,
+    /// Set by `Drain`: listeners are gone; exit when no session is left or at this instant.
+    drain_deadline: Option<Instant>,
+}
+
+impl Worker {
+    pub fn new(
+        setup: WorkerSetup,
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        health: HealthLink,
+    ) -> io::Result<Worker> {
+        let mut listeners = Vec::new();
+        for (i, (service, l)) in setup.listeners.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(l);
+            setup
+                .poll
+                .registry()
+                .register(&mut socket, token::listener(i), Interest::READABLE)?;
+            listeners.push(Listener {
+                service,
+                socket,
+                ready: true,
+            });
+        }
+        let pools_by_service = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, svc)| ServicePool {
+                balancer: Balancer::new(svc.balance, svc.servers.len()),
+                servers: svc
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(vi, srv)| {
+                        let stats = Arc::clone(stats.server(ServerId {
+                            service: si,
+                            server: vi,
+                        }));
+                        ServerView {
+                            addr: srv.addr,
+                            weight: srv.weight,
+                            backup: srv.backup,
+                            maxconn: srv.maxconn,
+                            up: stats.up.load(Relaxed),
+                            admin: stats.admin(),
+                            stats,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let _ = setup.waker; // kept alive by the links that hold it
+        Ok(Worker {
+            index: setup.index,
+            poll: setup.poll,
+            config,
+            stats,
+            rx: setup.rx,
+            health,
+            listeners,
+            pools_by_service,
+            sessions: Slab::with_capacity(1024),
+            timers: Timers::default(),
+            relay: Pools::default(),
+            closed: Vec::new(),
+            next_id: 0,
+            accept_paused_until: None,
+            cap_blocked: false,
+            drain_deadline: None,
+        })
+    }
+
+    /// Runs until drained. Errors only if the poll itself fails.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        debug!(
+            "worker {} running with {} listener(s)",
+            self.index,
+            self.listeners.len()
+        );
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match token::decode(event.token()) {
+                    Kind::Waker => {}
+                    Kind::Listener(i) => {
+                        if let Some(l) = self.listeners.get_mut(i) {
+                            l.ready = true;
+                        }
+                    }
+                    Kind::Session(slot, side) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable =
+                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_session_event(slot, side, readable, writable, now);
+                    }
+                }
+            }
+            // Every event of the batch is handled: slots closed by them can be reused now, and
+            // their descriptors are free for the accepts below.
+            self.reap();
+            self.handle_messages(now);
+            self.accept_ready(now);
+            self.fire_timers(now);
+            self.reap();
+            if let Some(deadline) = self.drain_deadline {
+                if self.sessions.is_empty() {
+                    debug!("worker {}: drained", self.index);
+                    return Ok(());
+                }
+                if now >= deadline {
+                    self.kill_all(now);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for slot in self.closed.drain(..) {
+            self.sessions.remove(slot);
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let mut wake = self.timers.next();
+        let mut consider = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if self.listeners.iter().any(|l| l.ready) {
+            match self.accept_paused_until {
+                Some(t) => consider(t),
+                None if self.cap_blocked => consider(now + CAP_RECHECK),
+                None => consider(now),
+            }
+        }
+        if let Some(d) = self.drain_deadline {
+            consider(d);
+        }
+        wake.map(|w| w.saturating_duration_since(now))
+    }
+
+    fn handle_messages(&mut self, now: Instant) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                WorkerMsg::Health { id, up } => {
+                    if let Some(s) = self.server_mut(id) {
+                        s.up = up;
+                    }
+                }
+                WorkerMsg::Admin { id, state } => {
+                    if let Some(s) = self.server_mut(id) {
+                        s.admin = state;
+                    }
+                }
+                WorkerMsg::Drain { deadline } => self.start_drain(deadline, now),
+            }
+        }
+    }
+
+    fn server_mut(&mut self, id: ServerId) -> Option<&mut ServerView> {
+        self.pools_by_service
+            .get_mut(id.service)?
+            .servers
+            .get_mut(id.server)
+    }
+
+    /// Stops accepting at once: closing the listeners (rather than just ignoring them) lets
+    /// the kernel refuse new connections instead of queueing them for nobody.
+    fn start_drain(&mut self, deadline: Instant, now: Instant) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.drain_deadline = Some(deadline);
+        info!(
+            "worker {}: draining {} live session(s) for up to {}s",
+            self.index,
+            self.sessions.len(),
+            deadline.saturating_duration_since(now).as_secs()
+        );
+    }
+
+    fn kill_all(&mut self, now: Instant) {
+        let slots: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.closed)
+            .map(|(k, _)| k)
+            .collect();
+        for slot in slots {
+            self.close(slot, Cause::Killed, now);
+        }
+        self.closed.clear();
+        self.sessions.clear();
+    }
+
+    // ---- accepting ----
+
+    fn accept_ready(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        self.cap_blocked = false;
+        for i in 0..self.listeners.len() {
+            for _ in 0..ACCEPT_BATCH {
+                if !self.listeners[i].ready {
+                    break;
+                }
+                let service = self.listeners[i].service;
+                if !self.has_room(service) {
+                    self.cap_blocked = true;
+                    break;
+                }
+                match self.listeners[i].socket.accept() {
+                    Ok((stream, addr)) => self.start_session(service, stream, addr, now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.listeners[i].ready = false
+                    }
+                    Err(e) if net::is_resource_exhaustion(&e) => {
+                        logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                        return;
+                    }
+                    // ECONNABORTED and friends concern one connection that already went away.
+                    Err(e) => debug!("accept: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Below the global and the service's connection caps.
+    fn has_room(&self, service: usize) -> bool {
+        if self.stats.active_total.load(Relaxed) >= self.config.max_conns {
+            return false;
+        }
+        let cap = self.config.services[service].max_conns;
+        cap.is_none_or(|c| self.stats.services[service].active.load(Relaxed) < c as u64)
+    }
+
+    fn start_session(&mut self, service: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
+        let svc_stats = &self.stats.services[service];
+        svc_stats.accepted.fetch_add(1, Relaxed);
+        svc_stats.active.fetch_add(1, Relaxed);
+        self.stats.active_total.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let id = self.next_id;
+        self.next_id += 1;
+        let splice = self.config.services[service].splice;
+        let entry = self.sessions.vacant_entry();
+        let slot = entry.key();
+        let session = entry.insert(Session::new(
+            id,
+            service,
+            stream,
+            net::canonical_addr(addr),
+            splice,
+            now,
+        ));
+        if let Err(e) = self.poll.registry().register(
+            &mut session.client,
+            token::session(slot, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            logs::limited_warn("register", format_args!("register client: {e}"));
+            self.close(slot, Cause::Resource, now);
+            return;
+        }
+        self.connect_next(slot, now);
+    }
+
+    // ---- connecting ----
+
+    /// Starts a connect to the next server the balancer offers, skipping servers this session
+    /// already failed on. Closes the session when none is left or retries are spent.
+    fn connect_next(&mut self, slot: usize, now: Instant) {
+        loop {
+            let session = &mut self.sessions[slot];
+            let service = session.service;
+            let pool = &mut self.pools_by_service[service];
+            let Some(pick) =
+                pool.balancer
+                    .pick(&pool.servers, session.client_addr.ip(), &session.tried)
+            else {
+                let cause = if session.tried.is_empty() {
+                    self.stats.services[service].refuse(RefuseReason::NoServer);
+                    Cause::NoServer
+                } else {
+                    Cause::ServerAbort
+                };
+                self.close(slot, cause, now);
+                return;
+            };
+            let server = &pool.servers[pick];
+            if !server.stats.try_acquire(server.maxconn) {
+                // Another worker filled it since the pick: try someone else.
+                session.tried.push(pick);
+                continue;
+            }
+            match TcpStream::connect(server.addr) {
+                Ok(mut stream) => {
+                    let registered = self.poll.registry().register(
+                        &mut stream,
+                        token::session(slot, Side::Backend),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    let session = &mut self.sessions[slot];
+                    session.connecting(stream, pick, now);
+                    if let Err(e) = registered {
+                        logs::limited_warn("register", format_args!("register backend: {e}"));
+                        self.close(slot, Cause::Resource, now);
+                        return;
+                    }
+                    self.arm_timer(slot);
+                    return;
+                }
+                Err(e) if net::is_resource_exhaustion(&e) => {
+                    server.stats.release();
+                    logs::limited_warn("connect", format_args!("socket for a server connect: {e}"));
+                    self.close(slot, Cause::Resource, now);
+                    return;
+                }
+                Err(e) => {
+                    server.stats.release();
+                    if !self.note_connect_failure(slot, pick, &e.to_string()) {
+                        self.close(slot, Cause::ServerAbort, now);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a failed connect, reports it to the health thread (passive check) and records
+    /// the server as tried. True while the session may retry.
+    fn note_connect_failure(&mut self, slot: usize, server: usize, reason: &str) -> bool {
+        let session = &mut self.sessions[slot];
+        let service = session.service;
+        session.tried.push(server);
+        let retries = self.config.services[service].retries as usize;
+        let view = &self.pools_by_service[service].servers[server];
+        view.stats.failed_connects.fetch_add(1, Relaxed);
+        let name = &self.config.services[service].servers[server].name;
+        logs::limited_warn(
+            "connect-failed",
+            format_args!(
+                "connect to {}/{} ({}) failed: {reason}",
+                self.config.services[service].name, name, view.addr
+            ),
+        );
+        self.health.send(HealthMsg::ConnectFailed {
+            id: ServerId { service, server },
+            reason: reason.to_string(),
+        });
+        session.tried.len() <= retries
+    }
+
+    /// The in-flight connect failed or timed out: drop that socket and try the next server.
+    fn connect_failed(&mut self, slot: usize, reason: &str, timed_out: bool, now: Instant) {
+        let session = &mut self.sessions[slot];
+        if let Some(mut backend) = session.backend.take() {
+            let _ = self.poll.registry().deregister(&mut backend);
+        }
+        let Some(server) = session.server.take() else {
+            return;
+        };
+        self.pools_by_service[session.service].servers[server]
+            .stats
+            .release();
+        if self.note_connect_failure(slot, server, reason) {
+            self.connect_next(slot, now);
+        } else {
+            self.close(
+                slot,
+                if timed_out {
+                    Cause::ConnectTimeout
+                } else {
+                    Cause::ServerAbort
+                },
+                now,
+            );
+        }
+    }
+
+    /// A backend event while connecting: did the connect complete? (mio: writable, then
+    /// `take_error`, then `peer_addr`; `NotConnected` means not yet.)
+    fn check_connect(&mut self, slot: usize, now: Instant) {
+        let session = &mut self.sessions[slot];
+        let Some(stream) = session.backend.as_ref() else {
+            return;
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Err(e) => self.connect_failed(slot, &e.to_string(), false, now),
+            Ok(()) => {
+                let _ = stream.set_nodelay(true);
+                session.connected(now);
+                let server = session
+                    .server
+                    .expect("invariant: connecting sessions have a server");
+                self.pools_by_service[session.service].servers[server]
+                    .stats
+                    .total
+                    .fetch_add(1, Relaxed);
+                self.pump(slot, now);
+            }
+        }
+    }
+
+    // ---- streaming ----
+
+    fn on_session_event(
+        &mut self,
+        slot: usize,
+        side: Side,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        let Some(session) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        if session.closed {
+            return;
+        }
+        session.note(side, readable, writable);
+        match session.phase {
+            Phase::Connecting { .. } if side == Side::Backend => self.check_connect(slot, now),
+            // Client bytes wait in the client socket until a server is connected.
+            Phase::Connecting { .. } => {}
+            Phase::Streaming => self.pump(slot, now),
+        }
+    }
+
+    fn pump(&mut self, slot: usize, now: Instant) {
+        let session = &mut self.sessions[slot];
+        let (step, to_server, to_client) = session.pump(now, &mut self.relay);
+        if let Some(server) = session.server {
+            let stats = &self.pools_by_service[session.service].servers[server].stats;
+            if to_server > 0 {
+                stats.bytes_out.fetch_add(to_server as u64, Relaxed);
+            }
+            if to_client > 0 {
+                stats.bytes_in.fetch_add(to_client as u64, Relaxed);
+            }
+        }
+        if let Step::Close(cause) = step {
+            self.close(slot, cause, now);
+        }
+    }
+
+    // ---- timers ----
+
+    fn arm_timer(&mut self, slot: usize) {
+        let session = &mut self.sessions[slot];
+        let svc = &self.config.services[session.service];
+        let at = session.deadline(svc.connect_timeout, svc.idle_timeout);
+        if session.timer_armed.is_none_or(|armed| at < armed) {
+            session.timer_armed = Some(at);
+            self.timers.arm(at, slot, session.id);
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((slot, id)) = self.timers.pop_due(now) {
+            let Some(session) = self.sessions.get_mut(slot) else {
+                continue;
+            };
+            if session.id != id || session.closed {
+                continue;
+            }
+            session.timer_armed = None;
+            let svc = &self.config.services[session.service];
+            if session.deadline(svc.connect_timeout, svc.idle_timeout) > now {
+                self.arm_timer(slot);
+                continue;
+            }
+            match session.phase {
+                Phase::Connecting { .. } => {
+                    let reason = format!("no answer within {}ms", svc.connect_timeout.as_millis());
+                    self.connect_failed(slot, &reason, true, now);
+                }
+                Phase::Streaming => self.close(slot, Cause::IdleTimeout, now),
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Closes a session: deregisters and shuts its sockets, returns its pooled channels and
+    /// server slot, logs one line. The slab slot itself is freed at the end of the turn.
+    fn close(&mut self, slot: usize, cause: Cause, now: Instant) {
+        let session = &mut self.sessions[slot];
+        if session.closed {
+            return;
+        }
+        session.closed = true;
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut session.client);
+        if let Some(b) = session.backend.as_mut() {
+            let _ = registry.deregister(b);
+        }
+        // An abort is passed on as an abort: the surviving peer gets a RST, as it would
+        // without a proxy in between. Refusals also use RST so no TIME_WAIT piles up here.
+        match cause {
+            Cause::ClientAbort | Cause::Killed => {
+                if let Some(b) = session.backend.as_ref() {
+                    net::set_linger_zero(b);
+                }
+                if cause == Cause::Killed {
+                    net::set_linger_zero(&session.client);
+                }
+            }
+            Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout => {
+                net::set_linger_zero(&session.client)
+            }
+            Cause::Normal | Cause::IdleTimeout => {}
+        }
+        session.release(&mut self.relay);
+        let service = session.service;
+        let svc = &self.config.services[service];
+        let server_name = match session.server {
+            Some(i) => {
+                self.pools_by_service[service].servers[i].stats.release();
+                svc.servers[i].name.as_str()
+            }
+            None => "-",
+        };
+        self.stats.services[service].active.fetch_sub(1, Relaxed);
+        self.stats.active_total.fetch_sub(1, Relaxed);
+        let phase = match session.phase {
+            Phase::Connecting { .. } => logs::Phase::Connect,
+            Phase::Streaming => logs::Phase::Data,
+        };
+        let [a, b] = logs::term_code(cause, phase);
+        info!(
+            "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}",
+            session.client_addr,
+            svc.name,
+            server_name,
+            session.up.delivered,
+            session.down.delivered,
+            session.connect_time.map_or(-1, |d| d.as_millis() as i64),
+            now.saturating_duration_since(session.started).as_millis(),
+        );
+        session.backend = None;
+        self.closed.push(slot);
+        // A descriptor was freed: paused accepts may go on.
+        self.accept_paused_until = None;
+    }
+}
+
+/// The address a listener actually bound (port 0 resolved), as the conf would spell it.
+pub fn resolved(addr: &ListenAddr, bound: SocketAddr) -> ListenAddr {
+    match addr {
+        ListenAddr::Any(_) => ListenAddr::Any(bound.port()),
+        ListenAddr::Addr(_) => ListenAddr::Addr(bound),
+    }
+}
