@@ -19,7 +19,9 @@ deps:
 	scripts/install-deps.sh
 
 # The integration tests run target/release/shunt and the examples (SHUNT_BIN overrides the path),
-# so build those first, then run every test even when one fails.
+# so build those first, then run every test even when one fails. The cargo test fallback takes
+# --tests to run what nextest runs (unit + integration, no doctests): a trailing doctest summary of
+# "0 passed" would otherwise be the run's last word.
 test: deps
 	$(CARGO) build --release --bins --examples
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -100,21 +100,11 @@ fn serve(stream: TcpStream, body: &str) -> io::Result<()> {
         };
         if req.chunked {
             // Not worth a chunked decoder in a demo: say so and close.
-            respond(
-                &mut writer,
-                501,
-                "Not Implemented",
-                "chunked bodies unsupported\n",
-                false,
-                false,
-            )?;
+            respond(&mut writer, 501, "Not Implemented", "chunked bodies unsupported\n", false, false)?;
             return Ok(());
         }
         // Discard the request body so the next pipelined request starts where it should.
-        io::copy(
-            &mut (&mut reader).take(req.content_length as u64),
-            &mut io::sink(),
-        )?;
+        io::copy(&mut (&mut reader).take(req.content_length as u64), &mut io::sink())?;
 
         let head_only = req.method == "HEAD";
         let text = if req.path == "/health" { "ok\n" } else { body };
@@ -133,10 +123,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<HeadResult> {
     let mut total = 0;
     loop {
         let mut line = String::new();
-        let n = reader
-            .by_ref()
-            .take((MAX_HEAD + 1 - total) as u64)
-            .read_line(&mut line)?;
+        let n = reader.by_ref().take((MAX_HEAD + 1 - total) as u64).read_line(&mut line)?;
         if n == 0 {
             if lines.is_empty() && total == 0 {
                 return Ok(None);
@@ -158,8 +145,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<HeadResult> {
     }
 
     let mut parts = lines[0].split_whitespace();
-    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(Some(Err((400, "Bad Request"))));
     };
     let mut req = Request {

@@ -37,33 +37,18 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(algorithm: Balance, servers: usize) -> Balancer {
-        Balancer {
-            algorithm,
-            current: vec![0; servers],
-            cursor: 0,
-        }
+        Balancer { algorithm, current: vec![0; servers], cursor: 0 }
     }
 
     /// Picks a server for a connection from `client`, skipping the indices in `tried` (servers
     /// this connection already failed to reach). `None` when no server can take it.
-    pub fn pick<C: Candidate>(
-        &mut self,
-        servers: &[C],
-        client: IpAddr,
-        tried: &[usize],
-    ) -> Option<usize> {
+    pub fn pick<C: Candidate>(&mut self, servers: &[C], client: IpAddr, tried: &[usize]) -> Option<usize> {
         debug_assert_eq!(servers.len(), self.current.len());
         // Backups stand in only while no regular server is available at all; a regular server
         // that is merely full (maxconn) or already tried does not hand traffic to the backups.
-        let use_backup = !servers
-            .iter()
-            .any(|s| !s.backup() && s.available() && s.weight() > 0);
+        let use_backup = !servers.iter().any(|s| !s.backup() && s.available() && s.weight() > 0);
         let eligible = |i: usize, s: &C| {
-            s.backup() == use_backup
-                && s.available()
-                && s.weight() > 0
-                && s.has_room()
-                && !tried.contains(&i)
+            s.backup() == use_backup && s.available() && s.weight() > 0 && s.has_room() && !tried.contains(&i)
         };
         match self.algorithm {
             Balance::RoundRobin => self.pick_roundrobin(servers, eligible),
@@ -73,11 +58,7 @@ impl Balancer {
         }
     }
 
-    fn pick_roundrobin<C: Candidate>(
-        &mut self,
-        servers: &[C],
-        eligible: impl Fn(usize, &C) -> bool,
-    ) -> Option<usize> {
+    fn pick_roundrobin<C: Candidate>(&mut self, servers: &[C], eligible: impl Fn(usize, &C) -> bool) -> Option<usize> {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, s) in servers.iter().enumerate() {
@@ -96,11 +77,7 @@ impl Balancer {
         Some(chosen)
     }
 
-    fn pick_leastconn<C: Candidate>(
-        &mut self,
-        servers: &[C],
-        eligible: impl Fn(usize, &C) -> bool,
-    ) -> Option<usize> {
+    fn pick_leastconn<C: Candidate>(&mut self, servers: &[C], eligible: impl Fn(usize, &C) -> bool) -> Option<usize> {
         let n = servers.len();
         let mut best: Option<usize> = None;
         for k in 0..n {
@@ -114,8 +91,7 @@ impl Balancer {
                 None => true,
                 Some(b) => {
                     let sb = &servers[b];
-                    u128::from(s.active()) * u128::from(sb.weight())
-                        < u128::from(sb.active()) * u128::from(s.weight())
+                    u128::from(s.active()) * u128::from(sb.weight()) < u128::from(sb.active()) * u128::from(s.weight())
                 }
             };
             if better {
@@ -129,17 +105,9 @@ impl Balancer {
 
 /// Client-address hash over the eligible servers' weights: a client keeps its server while the
 /// set of eligible servers stays the same.
-fn pick_source<C: Candidate>(
-    servers: &[C],
-    eligible: impl Fn(usize, &C) -> bool,
-    client: IpAddr,
-) -> Option<usize> {
-    let total: u64 = servers
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| eligible(*i, s))
-        .map(|(_, s)| u64::from(s.weight()))
-        .sum();
+fn pick_source<C: Candidate>(servers: &[C], eligible: impl Fn(usize, &C) -> bool, client: IpAddr) -> Option<usize> {
+    let total: u64 =
+        servers.iter().enumerate().filter(|(i, s)| eligible(*i, s)).map(|(_, s)| u64::from(s.weight())).sum();
     if total == 0 {
         return None;
     }
@@ -194,13 +162,7 @@ mod tests {
     }
 
     fn s(weight: u32) -> S {
-        S {
-            weight,
-            backup: false,
-            up: true,
-            room: true,
-            active: 0,
-        }
+        S { weight, backup: false, up: true, room: true, active: 0 }
     }
 
     impl Candidate for S {
@@ -224,9 +186,7 @@ mod tests {
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn picks(b: &mut Balancer, servers: &[S], n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| b.pick(servers, CLIENT, &[]).unwrap())
-            .collect()
+        (0..n).map(|_| b.pick(servers, CLIENT, &[]).unwrap()).collect()
     }
 
     #[test]
@@ -275,14 +235,7 @@ mod tests {
 
     #[test]
     fn backups_only_while_no_regular_server_is_available() {
-        let mut servers = vec![
-            s(1),
-            s(1),
-            S {
-                backup: true,
-                ..s(1)
-            },
-        ];
+        let mut servers = vec![s(1), s(1), S { backup: true, ..s(1) }];
         let mut b = Balancer::new(Balance::RoundRobin, 3);
         assert!(!picks(&mut b, &servers, 10).contains(&2));
         servers[0].up = false;
@@ -295,47 +248,24 @@ mod tests {
 
     #[test]
     fn full_regular_servers_do_not_spill_to_backups() {
-        let servers = vec![
-            S {
-                room: false,
-                ..s(1)
-            },
-            S {
-                backup: true,
-                ..s(1)
-            },
-        ];
+        let servers = vec![S { room: false, ..s(1) }, S { backup: true, ..s(1) }];
         let mut b = Balancer::new(Balance::RoundRobin, 2);
         assert_eq!(b.pick(&servers, CLIENT, &[]), None);
     }
 
     #[test]
     fn maxconn_full_server_is_skipped() {
-        let servers = vec![
-            S {
-                room: false,
-                ..s(1)
-            },
-            s(1),
-        ];
+        let servers = vec![S { room: false, ..s(1) }, s(1)];
         let mut b = Balancer::new(Balance::RoundRobin, 2);
         assert_eq!(picks(&mut b, &servers, 3), vec![1, 1, 1]);
     }
 
     #[test]
     fn leastconn_prefers_fewest_active_per_weight() {
-        let servers = vec![
-            S { active: 4, ..s(1) },
-            S { active: 2, ..s(1) },
-            S { active: 5, ..s(2) },
-        ];
+        let servers = vec![S { active: 4, ..s(1) }, S { active: 2, ..s(1) }, S { active: 5, ..s(2) }];
         let mut b = Balancer::new(Balance::LeastConn, 3);
         assert_eq!(b.pick(&servers, CLIENT, &[]), Some(1));
-        let servers = vec![
-            S { active: 4, ..s(1) },
-            S { active: 3, ..s(1) },
-            S { active: 5, ..s(2) },
-        ];
+        let servers = vec![S { active: 4, ..s(1) }, S { active: 3, ..s(1) }, S { active: 5, ..s(2) }];
         assert_eq!(b.pick(&servers, CLIENT, &[]), Some(2));
     }
 
@@ -368,17 +298,10 @@ mod tests {
         for n in 0..400u32 {
             let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
             let first = b.pick(&servers, ip, &[]).unwrap();
-            assert_eq!(
-                b.pick(&servers, ip, &[]),
-                Some(first),
-                "same client, same server"
-            );
+            assert_eq!(b.pick(&servers, ip, &[]), Some(first), "same client, same server");
             seen[first] += 1;
         }
-        assert!(
-            seen.iter().all(|&c| c > 50),
-            "spread over servers: {seen:?}"
-        );
+        assert!(seen.iter().all(|&c| c > 50), "spread over servers: {seen:?}");
     }
 
     #[test]

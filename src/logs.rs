@@ -27,18 +27,10 @@ pub fn limited_warn(key: &'static str, args: fmt::Arguments<'_>) {
     let now = Instant::now();
     let verdict = WINDOWS.with(|w| {
         let mut map = w.borrow_mut();
-        let win = map.entry(key).or_insert(Window {
-            started: now,
-            logged: 0,
-            suppressed: 0,
-        });
+        let win = map.entry(key).or_insert(Window { started: now, logged: 0, suppressed: 0 });
         if now.duration_since(win.started) >= WINDOW {
             let dropped = win.suppressed;
-            *win = Window {
-                started: now,
-                logged: 1,
-                suppressed: 0,
-            };
+            *win = Window { started: now, logged: 1, suppressed: 0 };
             Some(dropped)
         } else if win.logged < BURST {
             win.logged += 1;

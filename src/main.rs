@@ -27,10 +27,7 @@ struct Args {
 }
 
 fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
-    let mut args = Args {
-        mode: Mode::Run,
-        conf: PathBuf::from(config::DEFAULT_PATH),
-    };
+    let mut args = Args { mode: Mode::Run, conf: PathBuf::from(config::DEFAULT_PATH) };
     while let Some(arg) = argv.next() {
         match arg.to_str() {
             Some("-c" | "--config") => {
@@ -73,10 +70,7 @@ fn init_logging(level: log::LevelFilter) {
 
 /// Raises the soft descriptor limit to the hard one: every proxied connection costs two.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // why unsafe: get/setrlimit on a struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -135,19 +129,14 @@ fn main() -> ExitCode {
             let mut draining = false;
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => log::warn!(
-                        "SIGHUP: reload is not supported yet; the running configuration stays"
-                    ),
+                    SIGHUP => log::warn!("SIGHUP: reload is not supported yet; the running configuration stays"),
                     _ if draining => {
                         log::warn!("second stop signal: exiting now");
                         std::process::exit(0);
                     }
                     _ => {
                         draining = true;
-                        log::info!(
-                            "stop signal: draining for up to {}s",
-                            drain_timeout.as_secs()
-                        );
+                        log::info!("stop signal: draining for up to {}s", drain_timeout.as_secs());
                         control.drain(Instant::now() + drain_timeout);
                     }
                 }

@@ -56,10 +56,7 @@ pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<mio::net::TcpStream> 
 /// Makes the next `close()` send RST instead of FIN: used to pass an abort on to the other
 /// peer and to shed connections we refuse without leaving TIME_WAIT behind.
 pub fn set_linger_zero(fd: &impl AsRawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // why unsafe: setsockopt with a valid fd and a correctly sized, initialised struct.
     unsafe {
         libc::setsockopt(
@@ -74,16 +71,11 @@ pub fn set_linger_zero(fd: &impl AsRawFd) {
 
 /// Number of open descriptors of this process (for metrics and tests).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count().saturating_sub(1))
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
 }
 
 /// True for the accept errors that mean "out of descriptors or memory": accepting must pause,
 /// not spin, and resume later.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }

@@ -35,13 +35,7 @@ impl Pipe {
         }
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // Best effort: a smaller pipe still works, it just moves less per call.
-        unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                PIPE_SIZE as libc::c_int,
-            )
-        };
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
         Ok(Pipe { read, write })
     }
 }
@@ -55,11 +49,7 @@ pub struct Buffer {
 
 impl Buffer {
     fn new() -> Buffer {
-        Buffer {
-            data: vec![0u8; BUF_SIZE].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        Buffer { data: vec![0u8; BUF_SIZE].into_boxed_slice(), start: 0, end: 0 }
     }
 }
 
@@ -92,10 +82,9 @@ impl Pools {
                     self.pipes_lent += 1;
                     return Channel::Pipe(p);
                 }
-                Err(e) => crate::logs::limited_warn(
-                    "pipe",
-                    format_args!("pipe2 failed ({e}); copying through a buffer"),
-                ),
+                Err(e) => {
+                    crate::logs::limited_warn("pipe", format_args!("pipe2 failed ({e}); copying through a buffer"))
+                }
             }
         }
         Channel::Buf(self.bufs.pop().unwrap_or_else(Buffer::new))
@@ -178,10 +167,7 @@ impl Flow {
         for _ in 0..64 {
             let mut progress = false;
             if self.pending > 0 && dst_ready.writable {
-                let chan = self
-                    .chan
-                    .as_mut()
-                    .expect("invariant: pending > 0 implies a channel");
+                let chan = self.chan.as_mut().expect("invariant: pending > 0 implies a channel");
                 match drain(chan, dst, self.pending) {
                     Ok(n) => {
                         self.pending -= n;
@@ -291,8 +277,7 @@ fn drain(chan: &mut Channel, dst: RawFd, pending: usize) -> io::Result<usize> {
             let data = &b.data[b.start..b.end];
             // why unsafe: send(2) from a slice we own; MSG_NOSIGNAL so a closed peer is an
             // EPIPE error on this session, not a process-wide SIGPIPE.
-            let n =
-                unsafe { libc::send(dst, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+            let n = unsafe { libc::send(dst, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
             let n = cvt(n)?;
             b.start += n;
             Ok(n)

@@ -20,31 +20,19 @@ use std::time::Instant;
 /// Why start-up failed (exit code 2).
 #[derive(Debug)]
 pub enum StartError {
-    Bind {
-        service: String,
-        addr: ListenAddr,
-        error: io::Error,
-    },
-    Io {
-        what: &'static str,
-        error: io::Error,
-    },
+    Bind { service: String, addr: ListenAddr, error: io::Error },
+    Io { what: &'static str, error: io::Error },
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Bind {
-                service,
-                addr,
-                error,
-            } => {
+            StartError::Bind { service, addr, error } => {
                 write!(f, "service {service}: cannot listen on {addr}: {error}")?;
                 match error.kind() {
-                    io::ErrorKind::AddrInUse => write!(
-                        f,
-                        " (another process holds this port; find it with `ss -ltnp`)"
-                    ),
+                    io::ErrorKind::AddrInUse => {
+                        write!(f, " (another process holds this port; find it with `ss -ltnp`)")
+                    }
                     io::ErrorKind::PermissionDenied => {
                         write!(f, " (ports below 1024 need root or CAP_NET_BIND_SERVICE)")
                     }
@@ -80,26 +68,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     // Worker 0 binds first; port 0 is resolved then, and the others bind the same address
     // (SO_REUSEPORT), so every worker gets its own accept queue on one port.
-    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
     let mut listening = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
         for bind in &svc.binds {
-            let bind_err = |addr: ListenAddr, error| StartError::Bind {
-                service: svc.name.clone(),
-                addr,
-                error,
-            };
+            let bind_err = |addr: ListenAddr, error| StartError::Bind { service: svc.name.clone(), addr, error };
             let first = net::bind_listener(&bind.addr, true).map_err(|e| bind_err(bind.addr, e))?;
             let bound = first.local_addr().map_err(|e| bind_err(bind.addr, e))?;
             let addr = worker::resolved(&bind.addr, bound);
             listening.push((svc.name.clone(), bound));
             per_worker[0].push((si, first));
             for list in per_worker.iter_mut().skip(1) {
-                list.push((
-                    si,
-                    net::bind_listener(&addr, true).map_err(|e| bind_err(addr, e))?,
-                ));
+                list.push((si, net::bind_listener(&addr, true).map_err(|e| bind_err(addr, e))?));
             }
         }
     }
@@ -111,28 +91,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let mut handles = Vec::new();
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let poll = Poll::new().map_err(io_err("worker poll"))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?,
-        );
+        let waker = Arc::new(Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let link = WorkerLink {
-            tx,
-            waker: Arc::clone(&waker),
-        };
-        let setup = WorkerSetup {
-            index,
-            poll,
-            waker,
-            rx,
-            listeners,
-        };
-        let worker = Worker::new(
-            setup,
-            Arc::clone(&config),
-            Arc::clone(&stats),
-            health_link.clone(),
-        )
-        .map_err(io_err("worker registration"))?;
+        let link = WorkerLink { tx, waker: Arc::clone(&waker) };
+        let setup = WorkerSetup { index, poll, waker, rx, listeners };
+        let worker = Worker::new(setup, Arc::clone(&config), Arc::clone(&stats), health_link.clone())
+            .map_err(io_err("worker registration"))?;
         let handle = std::thread::Builder::new()
             .name(format!("shunt-worker-{index}"))
             .spawn(move || worker.run())
@@ -140,17 +104,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         links.push(link.clone());
         handles.push((link, handle));
     }
-    let health_handle = health_thread
-        .spawn(links)
-        .map_err(io_err("health thread"))?;
-    Ok(Running {
-        config,
-        stats,
-        listening,
-        workers: handles,
-        health: health_link,
-        health_thread: Some(health_handle),
-    })
+    let health_handle = health_thread.spawn(links).map_err(io_err("health thread"))?;
+    Ok(Running { config, stats, listening, workers: handles, health: health_link, health_thread: Some(health_handle) })
 }
 
 /// The handles other threads (signals, admin) use to steer the workers.
@@ -181,10 +136,7 @@ impl Control {
 
 impl Running {
     pub fn control(&self) -> Control {
-        Control {
-            workers: self.workers.iter().map(|(l, _)| l.clone()).collect(),
-            health: self.health.clone(),
-        }
+        Control { workers: self.workers.iter().map(|(l, _)| l.clone()).collect(), health: self.health.clone() }
     }
 
     /// Waits for every worker to finish (after a drain), then stops the health thread.

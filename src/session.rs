@@ -82,10 +82,7 @@ impl Session {
             tried: Vec::new(),
             phase: Phase::Connecting { since: now },
             // A fresh socket may already hold bytes: assume readable until a read says otherwise.
-            client_ready: Ready {
-                readable: true,
-                writable: true,
-            },
+            client_ready: Ready { readable: true, writable: true },
             backend_ready: Ready::default(),
             up: Flow::default(),
             down: Flow::default(),
@@ -124,10 +121,7 @@ impl Session {
             self.connect_time = Some(now.saturating_duration_since(since));
         }
         self.phase = Phase::Streaming;
-        self.backend_ready = Ready {
-            readable: true,
-            writable: true,
-        };
+        self.backend_ready = Ready { readable: true, writable: true };
         self.last_active = now;
     }
 
@@ -149,28 +143,14 @@ impl Session {
         let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
         let (mut to_server, mut to_client) = (0, 0);
         if self.aborted.is_none() {
-            match self.up.pump(
-                c,
-                b,
-                &mut self.client_ready,
-                &mut self.backend_ready,
-                pools,
-                self.splice,
-            ) {
+            match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice) {
                 Ok(n) => to_server = n,
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Client),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Backend),
             }
         }
         if self.aborted.is_none() {
-            match self.down.pump(
-                b,
-                c,
-                &mut self.backend_ready,
-                &mut self.client_ready,
-                pools,
-                self.splice,
-            ) {
+            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice) {
                 Ok(n) => to_client = n,
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Backend),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Client),
@@ -202,30 +182,15 @@ impl Session {
             Side::Client => Cause::ClientAbort,
             Side::Backend => Cause::ServerAbort,
         };
-        let backend = self
-            .backend
-            .as_ref()
-            .expect("invariant: streaming sessions have a backend");
+        let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
         let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
         let (into_failed, out_of_failed, src, dst, src_ready, dst_ready, counter) = match failed {
-            Side::Client => (
-                &mut self.down,
-                &mut self.up,
-                c,
-                b,
-                &mut self.client_ready,
-                &mut self.backend_ready,
-                to_server,
-            ),
-            Side::Backend => (
-                &mut self.up,
-                &mut self.down,
-                b,
-                c,
-                &mut self.backend_ready,
-                &mut self.client_ready,
-                to_client,
-            ),
+            Side::Client => {
+                (&mut self.down, &mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready, to_server)
+            }
+            Side::Backend => {
+                (&mut self.up, &mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready, to_client)
+            }
         };
         into_failed.abandon(pools);
         // Nothing more is read from the failed side, and the survivor gets a reset at close

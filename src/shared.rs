@@ -81,10 +81,7 @@ impl ServerStats {
                 self.active.fetch_add(1, Relaxed);
                 true
             }
-            Some(max) => self
-                .active
-                .fetch_update(Relaxed, Relaxed, |n| (n < u64::from(max)).then_some(n + 1))
-                .is_ok(),
+            Some(max) => self.active.fetch_update(Relaxed, Relaxed, |n| (n < u64::from(max)).then_some(n + 1)).is_ok(),
         }
     }
     pub fn release(&self) {
@@ -145,10 +142,7 @@ impl Stats {
                     svc.servers
                         .iter()
                         .map(|srv| {
-                            let stats = ServerStats {
-                                up: AtomicBool::new(true),
-                                ..Default::default()
-                            };
+                            let stats = ServerStats { up: AtomicBool::new(true), ..Default::default() };
                             if srv.disabled {
                                 stats.set_admin(AdminState::Disabled);
                             }

@@ -24,9 +24,7 @@ impl Timers {
     /// Pops one entry due at `now`: `(slot, id)`.
     pub fn pop_due(&mut self, now: Instant) -> Option<(usize, u64)> {
         match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => {
-                self.heap.pop().map(|Reverse((_, slot, id))| (slot, id))
-            }
+            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse((_, slot, id))| (slot, id)),
             _ => None,
         }
     }

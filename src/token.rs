@@ -37,14 +37,7 @@ pub fn decode(token: Token) -> Kind {
             Kind::Waker
         }
         n if n >= LISTENER_BASE => Kind::Listener(n - LISTENER_BASE),
-        n => Kind::Session(
-            n >> 1,
-            if n & 1 == 1 {
-                Side::Backend
-            } else {
-                Side::Client
-            },
-        ),
+        n => Kind::Session(n >> 1, if n & 1 == 1 { Side::Backend } else { Side::Client }),
     }
 }
 

@@ -66,8 +66,7 @@ impl Candidate for ServerView {
         self.up && self.admin == AdminState::Enabled
     }
     fn has_room(&self) -> bool {
-        self.maxconn
-            .is_none_or(|m| self.stats.active.load(Relaxed) < u64::from(m))
+        self.maxconn.is_none_or(|m| self.stats.active.load(Relaxed) < u64::from(m))
     }
     fn active(&self) -> u64 {
         self.stats.active.load(Relaxed)
@@ -113,24 +112,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        setup: WorkerSetup,
-        config: Arc<Config>,
-        stats: Arc<Stats>,
-        health: HealthLink,
-    ) -> io::Result<Worker> {
+    pub fn new(setup: WorkerSetup, config: Arc<Config>, stats: Arc<Stats>, health: HealthLink) -> io::Result<Worker> {
         let mut listeners = Vec::new();
         for (i, (service, l)) in setup.listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(l);
-            setup
-                .poll
-                .registry()
-                .register(&mut socket, token::listener(i), Interest::READABLE)?;
-            listeners.push(Listener {
-                service,
-                socket,
-                ready: true,
-            });
+            setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
+            listeners.push(Listener { service, socket, ready: true });
         }
         let pools_by_service = config
             .services
@@ -143,10 +130,7 @@ impl Worker {
                     .iter()
                     .enumerate()
                     .map(|(vi, srv)| {
-                        let stats = Arc::clone(stats.server(ServerId {
-                            service: si,
-                            server: vi,
-                        }));
+                        let stats = Arc::clone(stats.server(ServerId { service: si, server: vi }));
                         ServerView {
                             addr: srv.addr,
                             weight: srv.weight,
@@ -184,11 +168,7 @@ impl Worker {
     /// Runs until drained. Errors only if the poll itself fails.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        debug!(
-            "worker {} running with {} listener(s)",
-            self.index,
-            self.listeners.len()
-        );
+        debug!("worker {} running with {} listener(s)", self.index, self.listeners.len());
         loop {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -207,10 +187,8 @@ impl Worker {
                         }
                     }
                     Kind::Session(slot, side) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        let writable =
-                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
                         self.on_session_event(slot, side, readable, writable, now);
                     }
                 }
@@ -276,10 +254,7 @@ impl Worker {
     }
 
     fn server_mut(&mut self, id: ServerId) -> Option<&mut ServerView> {
-        self.pools_by_service
-            .get_mut(id.service)?
-            .servers
-            .get_mut(id.server)
+        self.pools_by_service.get_mut(id.service)?.servers.get_mut(id.server)
     }
 
     /// Stops accepting at once: closing the listeners (rather than just ignoring them) lets
@@ -301,12 +276,7 @@ impl Worker {
     }
 
     fn kill_all(&mut self, now: Instant) {
-        let slots: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| !s.closed)
-            .map(|(k, _)| k)
-            .collect();
+        let slots: Vec<usize> = self.sessions.iter().filter(|(_, s)| !s.closed).map(|(k, _)| k).collect();
         for slot in slots {
             self.close(slot, Cause::Killed, now);
         }
@@ -334,9 +304,7 @@ impl Worker {
                 }
                 match self.listeners[i].socket.accept() {
                     Ok((stream, addr)) => self.start_session(service, stream, addr, now),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.listeners[i].ready = false
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
                     Err(e) if net::is_resource_exhaustion(&e) => {
                         logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
                         self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
@@ -369,14 +337,7 @@ impl Worker {
         let splice = self.config.services[service].splice;
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
-        let session = entry.insert(Session::new(
-            id,
-            service,
-            stream,
-            net::canonical_addr(addr),
-            splice,
-            now,
-        ));
+        let session = entry.insert(Session::new(id, service, stream, net::canonical_addr(addr), splice, now));
         if let Err(e) = self.poll.registry().register(
             &mut session.client,
             token::session(slot, Side::Client),
@@ -398,10 +359,7 @@ impl Worker {
             let session = &mut self.sessions[slot];
             let service = session.service;
             let pool = &mut self.pools_by_service[service];
-            let Some(pick) =
-                pool.balancer
-                    .pick(&pool.servers, session.client_addr.ip(), &session.tried)
-            else {
+            let Some(pick) = pool.balancer.pick(&pool.servers, session.client_addr.ip(), &session.tried) else {
                 let cause = if session.tried.is_empty() {
                     self.stats.services[service].refuse(RefuseReason::NoServer);
                     Cause::NoServer
@@ -463,15 +421,9 @@ impl Worker {
         let name = &self.config.services[service].servers[server].name;
         logs::limited_warn(
             "connect-failed",
-            format_args!(
-                "connect to {}/{} ({}) failed: {reason}",
-                self.config.services[service].name, name, view.addr
-            ),
+            format_args!("connect to {}/{} ({}) failed: {reason}", self.config.services[service].name, name, view.addr),
         );
-        self.health.send(HealthMsg::ConnectFailed {
-            id: ServerId { service, server },
-            reason: reason.to_string(),
-        });
+        self.health.send(HealthMsg::ConnectFailed { id: ServerId { service, server }, reason: reason.to_string() });
         session.tried.len() <= retries
     }
 
@@ -484,21 +436,11 @@ impl Worker {
         let Some(server) = session.server.take() else {
             return;
         };
-        self.pools_by_service[session.service].servers[server]
-            .stats
-            .release();
+        self.pools_by_service[session.service].servers[server].stats.release();
         if self.note_connect_failure(slot, server, reason) {
             self.connect_next(slot, now);
         } else {
-            self.close(
-                slot,
-                if timed_out {
-                    Cause::ConnectTimeout
-                } else {
-                    Cause::ServerAbort
-                },
-                now,
-            );
+            self.close(slot, if timed_out { Cause::ConnectTimeout } else { Cause::ServerAbort }, now);
         }
     }
 
@@ -522,13 +464,10 @@ impl Worker {
             Ok(()) => {
                 let _ = stream.set_nodelay(true);
                 session.connected(now);
-                let server = session
-                    .server
-                    .expect("invariant: connecting sessions have a server");
-                self.pools_by_service[session.service].servers[server]
-                    .stats
-                    .total
-                    .fetch_add(1, Relaxed);
+                let server = session.server.expect("invariant: connecting sessions have a server");
+                self.pools_by_service[session.service].servers[server].stats.total.fetch_add(1, Relaxed);
+                // The idle deadline may come before the connect deadline still armed.
+                self.arm_timer(slot);
                 self.pump(slot, now);
             }
         }
@@ -536,14 +475,7 @@ impl Worker {
 
     // ---- streaming ----
 
-    fn on_session_event(
-        &mut self,
-        slot: usize,
-        side: Side,
-        readable: bool,
-        writable: bool,
-        now: Instant,
-    ) {
+    fn on_session_event(&mut self, slot: usize, side: Side, readable: bool, writable: bool, now: Instant) {
         let Some(session) = self.sessions.get_mut(slot) else {
             return;
         };

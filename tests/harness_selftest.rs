@@ -39,11 +39,7 @@ fn echo_server_echoes_and_honours_half_close() {
     let mut got = Vec::new();
     s.read_to_end(&mut got).expect("read echo to EOF");
     writer.join().unwrap();
-    assert!(
-        got == data,
-        "echo returned {} bytes, not the same 1 MiB",
-        got.len()
-    );
+    assert!(got == data, "echo returned {} bytes, not the same 1 MiB", got.len());
     assert_eq!(echo.accepted(), 1);
     wait_for(T, "echo handler to finish", || echo.active() == 0);
     assert_eq!(echo.bytes_in(), data.len() as u64);
@@ -71,11 +67,7 @@ fn sink_server_counts_bytes_and_close_all_ends_connections() {
     assert_eq!(sink.active(), 1);
     sink.close_all();
     let mut buf = [0u8; 1];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "connection closed by the sink"
-    );
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "connection closed by the sink");
     wait_for(T, "sink handler to finish", || sink.active() == 0);
 }
 
@@ -83,16 +75,12 @@ fn sink_server_counts_bytes_and_close_all_ends_connections() {
 fn nginx_serves_name_health_and_big_file() {
     let n = Nginx::start("nginx-a");
     assert_eq!(http_get(n.addr, "/"), (200, "nginx-a\n".to_string()));
-    assert_eq!(
-        http_get(n.addr, "/anything/else"),
-        (200, "nginx-a\n".to_string())
-    );
+    assert_eq!(http_get(n.addr, "/anything/else"), (200, "nginx-a\n".to_string()));
     assert_eq!(http_get(n.addr, "/health"), (200, "ok\n".to_string()));
 
     // /big through a raw socket: the body is binary, which http_get would mangle as text.
     let mut s = connect(n.addr);
-    s.write_all(b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let body_at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -101,10 +89,7 @@ fn nginx_serves_name_health_and_big_file() {
     assert!(resp[body_at..] == big_content(n.big_len())[..]);
 
     // Introspection works on any process: nginx holds its listener, some fds, some memory.
-    let listeners: Vec<_> = tcp_sockets(n.pid())
-        .into_iter()
-        .filter(|s| s.state == TcpState::Listen)
-        .collect();
+    let listeners: Vec<_> = tcp_sockets(n.pid()).into_iter().filter(|s| s.state == TcpState::Listen).collect();
     assert_eq!(listeners.len(), 1, "{listeners:?}");
     assert_eq!(listeners[0].local, n.addr);
     assert!(fd_count(n.pid()) >= 3);
@@ -129,15 +114,11 @@ fn close_wait_sockets_are_counted() {
     };
     assert_eq!(state_of_ours(), Some(TcpState::Established));
     drop(c);
-    wait_for(T, "our accepted socket to reach CLOSE_WAIT", || {
-        state_of_ours() == Some(TcpState::CloseWait)
-    });
+    wait_for(T, "our accepted socket to reach CLOSE_WAIT", || state_of_ours() == Some(TcpState::CloseWait));
     assert!(sockets_in_state(me, "CLOSE_WAIT") >= 1);
     assert!(sockets_in_state(me, "close-wait") >= 1);
     drop(server_side);
-    wait_for(T, "our socket to leave the process", || {
-        state_of_ours().is_none()
-    });
+    wait_for(T, "our socket to leave the process", || state_of_ours().is_none());
 }
 
 #[test]
@@ -157,11 +138,7 @@ fn proc_signal_and_wait_timeout() {
 #[test]
 #[should_panic(expected = "timed out after")]
 fn wait_for_panics_with_what() {
-    wait_for(
-        Duration::from_millis(30),
-        "something that never happens",
-        || false,
-    );
+    wait_for(Duration::from_millis(30), "something that never happens", || false);
 }
 
 #[test]
@@ -208,8 +185,7 @@ time.sleep(60)
 fn start_shunt_waits_for_every_listener() {
     let dir = TempDir::new("fake");
     let (a, b, admin) = (free_port(), free_port(), free_port());
-    let conf =
-        format!("admin 127.0.0.1:{admin}\nservice x\n bind 127.0.0.1:{a}\n bind 127.0.0.1:{b}\n");
+    let conf = format!("admin 127.0.0.1:{admin}\nservice x\n bind 127.0.0.1:{a}\n bind 127.0.0.1:{b}\n");
     let mut s = start_shunt_with(&fake_shunt(&dir), &conf, &[]);
     // Ready means listening, with no connection made to find out.
     assert_eq!(s.sockets_in_state("LISTEN"), 3);

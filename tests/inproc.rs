@@ -14,10 +14,7 @@ fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
     Service {
         name: "svc".into(),
         line: 1,
-        binds: vec![Bind {
-            addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()),
-            line: 2,
-        }],
+        binds: vec![Bind { addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()), line: 2 }],
         balance: Balance::RoundRobin,
         servers: servers
             .into_iter()
@@ -148,10 +145,7 @@ fn roundrobin_weights_exact() {
     }
     assert_eq!(seq.matches('a').count(), 30, "{seq}");
     assert_eq!(seq.matches('b').count(), 60, "{seq}");
-    assert!(
-        !seq.contains("bbb") && !seq.contains("aa"),
-        "smooth interleaving: {seq}"
-    );
+    assert!(!seq.contains("bbb") && !seq.contains("aa"), "smooth interleaving: {seq}");
     stop(r);
 }
 
@@ -163,21 +157,305 @@ fn dead_server_is_retried_without_client_error() {
     }; // closed: connects are refused
     let live = name_server("live");
     let mut svc = service(vec![("dead", dead, 1), ("live", live, 1)]);
-    svc.check = Check {
-        kind: CheckKind::None,
-        ..Check::default()
-    };
+    svc.check = Check { kind: CheckKind::None, ..Check::default() };
     let (r, addr) = start(config(vec![svc]));
     for _ in 0..20 {
         let mut c = TcpStream::connect(addr).unwrap();
         assert_eq!(read_all(&mut c), b"live");
     }
-    let failed = r.stats.servers[0][0]
-        .failed_connects
-        .load(Ordering::Relaxed);
-    assert!(
-        (1..=3).contains(&failed),
-        "a dead server costs at most `fall` connects, got {failed}"
-    );
+    let failed = r.stats.servers[0][0].failed_connects.load(Ordering::Relaxed);
+    assert!((1..=3).contains(&failed), "a dead server costs at most `fall` connects, got {failed}");
     stop(r);
+}
+
+/// Polls `f` every 5 ms until it holds; panics with `what` after `limit`.
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn server_half_close_first_client_keeps_sending() {
+    // The server greets, sends FIN, then still reads the client's upload to the end.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"greeting").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        tx.send(got).unwrap();
+    });
+    let (r, addr) = start(config(vec![service(vec![("b", backend, 1)])]));
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut greeting = Vec::new();
+    c.read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"greeting", "server FIN reached the client after its data");
+    let upload = vec![0x5au8; 1 << 20];
+    c.write_all(&upload).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(got.len(), upload.len(), "upload after the server's FIN arrives whole");
+    wait_for(Duration::from_secs(5), "session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    stop(r);
+}
+
+#[test]
+fn many_concurrent_clients_get_their_own_bytes() {
+    let (echo, _) = echo_server();
+    let (r, addr) = start(config(vec![service(vec![("e", echo, 1)])]));
+    let clients: Vec<_> = (0..50u32)
+        .map(|id| {
+            thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                let payload: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(31) ^ id) as u8).collect();
+                let mut w = c.try_clone().unwrap();
+                let p2 = payload.clone();
+                let writer = thread::spawn(move || {
+                    w.write_all(&p2).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let got = read_all(&mut c);
+                writer.join().unwrap();
+                assert!(got == payload, "client {id} got someone else's or partial bytes");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_for(Duration::from_secs(5), "all sessions closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    stop(r);
+}
+
+/// HTTP backend whose /health answers 200 while `healthy` is set, 503 otherwise; any other
+/// request gets the backend's name.
+fn http_server(name: &'static str, healthy: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let healthy = Arc::clone(&healthy);
+            thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let reply = if req.starts_with("GET /health") {
+                    if healthy.load(Ordering::SeqCst) {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
+                    } else {
+                        "HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".to_string()
+                    }
+                } else {
+                    name.to_string()
+                };
+                let _ = s.write_all(reply.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+fn fetch(addr: SocketAddr) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    String::from_utf8(read_all(&mut c)).unwrap()
+}
+
+#[test]
+fn http_check_takes_server_down_and_rise_brings_it_back() {
+    use std::sync::atomic::AtomicBool;
+    let a_ok = Arc::new(AtomicBool::new(true));
+    let a = http_server("a", Arc::clone(&a_ok));
+    let b = http_server("b", Arc::new(AtomicBool::new(true)));
+    let mut svc = service(vec![("a", a, 1), ("b", b, 1)]);
+    svc.check = Check {
+        kind: CheckKind::Http {
+            method: "GET".into(),
+            path: "/health".into(),
+            expect: shunt::config::StatusMatch::Class(2),
+        },
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        rise: 3,
+        fall: 2,
+        port: None,
+    };
+    let (r, addr) = start(config(vec![svc]));
+    let up = |r: &shunt::Running| r.stats.servers[0][0].up.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(5), "first probe of a passes", || {
+        r.stats.servers[0][0].last_check.lock().unwrap().ok == Some(true)
+    });
+    a_ok.store(false, Ordering::SeqCst);
+    wait_for(Duration::from_secs(5), "a marked down", || !up(&r));
+    let detail = r.stats.servers[0][0].last_check.lock().unwrap().detail.clone();
+    assert!(detail.contains("503"), "last check says why: {detail}");
+    // The worker hears the verdict over its channel; once it has, a gets nothing.
+    wait_for(Duration::from_secs(5), "traffic avoids a", || (0..4).all(|_| fetch(addr) == "b"));
+    a_ok.store(true, Ordering::SeqCst);
+    wait_for(Duration::from_secs(5), "a back up after rise", || up(&r));
+    wait_for(Duration::from_secs(5), "a serves again", || (0..4).any(|_| fetch(addr) == "a"));
+    stop(r);
+}
+
+#[test]
+fn backup_serves_only_while_every_regular_server_is_down() {
+    let dead1 = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead2 = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let spare = name_server("spare");
+    let mut svc = service(vec![("d1", dead1, 1), ("d2", dead2, 1), ("spare", spare, 1)]);
+    svc.servers[2].backup = true;
+    svc.check = Check { kind: CheckKind::Tcp, interval: Duration::from_millis(50), ..Check::default() };
+    let (r, addr) = start(config(vec![svc]));
+    // Active probes find both regular servers dead; from then on the backup takes everything.
+    wait_for(Duration::from_secs(5), "regular servers down", || {
+        !r.stats.servers[0][0].up.load(Ordering::Relaxed) && !r.stats.servers[0][1].up.load(Ordering::Relaxed)
+    });
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        assert_eq!(read_all(&mut c), b"spare");
+    }
+    stop(r);
+}
+
+#[test]
+fn backup_idle_while_a_regular_server_is_up() {
+    let live = name_server("live");
+    let spare = name_server("spare");
+    let mut svc = service(vec![("live", live, 1), ("spare", spare, 1)]);
+    svc.servers[1].backup = true;
+    let (r, addr) = start(config(vec![svc]));
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        assert_eq!(read_all(&mut c), b"live");
+    }
+    stop(r);
+}
+
+/// A listener whose accept queue is full: further SYNs are dropped, so connects to it hang
+/// like connects to a black-holed host.
+fn black_hole() -> (socket2::Socket, TcpStream, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    // Make sure the queue is really full: one more connect must not complete quickly.
+    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+    assert!(probe.is_err(), "accept queue not full, cannot simulate a black hole");
+    (s, filler, addr)
+}
+
+#[test]
+fn black_holed_server_times_out_and_client_is_served_elsewhere() {
+    let (_hole, _filler, hole) = black_hole();
+    let live = name_server("live");
+    let mut svc = service(vec![("hole", hole, 1), ("live", live, 1)]);
+    svc.connect_timeout = Duration::from_millis(200);
+    let (r, addr) = start(config(vec![svc]));
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        assert_eq!(read_all(&mut c), b"live");
+    }
+    // At most one connect waits out the timeout: the first failure marks the server down.
+    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    assert_eq!(r.stats.servers[0][0].failed_connects.load(Ordering::Relaxed), 1);
+    stop(r);
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let (echo, _) = echo_server();
+    let mut svc = service(vec![("e", echo, 1)]);
+    svc.idle_timeout = Duration::from_millis(200);
+    let (r, addr) = start(config(vec![svc]));
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let t0 = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "closed by the idle timeout");
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(2), "waited {waited:?}");
+    stop(r);
+}
+
+#[test]
+fn drained_server_gets_no_new_connections_and_enable_restores_it() {
+    use shunt::shared::{AdminState, HealthMsg, ServerId, WorkerMsg};
+    let a = name_server("a");
+    let b = name_server("b");
+    let (r, addr) = start(config(vec![service(vec![("a", a, 1), ("b", b, 1)])]));
+    let id = ServerId { service: 0, server: 0 };
+    let ctl = r.control();
+    ctl.to_workers(WorkerMsg::Admin { id, state: AdminState::Drain });
+    ctl.to_health(HealthMsg::Admin { id, state: AdminState::Drain });
+    wait_for(Duration::from_secs(5), "drain applied", || {
+        (0..4).all(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            read_all(&mut c) == b"b"
+        })
+    });
+    ctl.to_workers(WorkerMsg::Admin { id, state: AdminState::Enabled });
+    wait_for(Duration::from_secs(5), "enable applied", || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        read_all(&mut c) == b"a"
+    });
+    stop(r);
+}
+
+#[test]
+fn max_conns_pauses_accepting_and_resumes() {
+    let (echo, _) = echo_server();
+    let mut c = config(vec![service(vec![("e", echo, 1)])]);
+    c.max_conns = 2;
+    let (r, addr) = start(c);
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            s
+        })
+        .collect();
+    // The third connects (the kernel backlog takes it) but is not served while at the cap.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.write_all(b"y").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut b = [0u8; 1];
+    assert!(third.read_exact(&mut b).is_err(), "served beyond max_conns");
+    drop(held.pop());
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y", "served once a slot freed");
+    stop(r);
+}
+
+#[test]
+fn sigterm_style_drain_lets_live_sessions_finish() {
+    let (echo, _) = echo_server();
+    let (r, addr) = start(config(vec![service(vec![("e", echo, 1)])]));
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.write_all(b"before").unwrap();
+    let mut b = [0u8; 6];
+    live.read_exact(&mut b).unwrap();
+    r.control().drain(Instant::now() + Duration::from_secs(10));
+    // New connections are refused once the listener is closed.
+    wait_for(Duration::from_secs(5), "listener closed", || TcpStream::connect(addr).is_err());
+    live.write_all(b"after").unwrap();
+    let mut b = [0u8; 5];
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"after", "live session still streams during the drain");
+    live.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut live), b"");
+    r.wait().unwrap();
 }

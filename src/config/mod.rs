@@ -161,11 +161,7 @@ pub enum CheckKind {
     /// Connect, send `send`, the reply must contain `expect`.
     Send { send: Vec<u8>, expect: Vec<u8> },
     /// An HTTP/1.1 request; the status must match.
-    Http {
-        method: String,
-        path: String,
-        expect: StatusMatch,
-    },
+    Http { method: String, path: String, expect: StatusMatch },
 }
 
 /// `expect 200` or `expect 2xx`.

@@ -19,12 +19,7 @@ pub struct Hysteresis {
 
 impl Default for Hysteresis {
     fn default() -> Self {
-        Hysteresis {
-            up: true,
-            judged: false,
-            ok_run: 0,
-            fail_run: 0,
-        }
+        Hysteresis { up: true, judged: false, ok_run: 0, fail_run: 0 }
     }
 }
 
@@ -72,11 +67,7 @@ mod tests {
         let mut h = Hysteresis::default();
         h.record(false, 2, 3);
         assert_eq!(h.record(true, 2, 3), None);
-        assert_eq!(
-            h.record(false, 2, 3),
-            None,
-            "a failure resets the success run"
-        );
+        assert_eq!(h.record(false, 2, 3), None, "a failure resets the success run");
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(true, 2, 3), Some(true));
         assert!(h.is_up());
@@ -88,11 +79,7 @@ mod tests {
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
-        assert_eq!(
-            h.record(true, 2, 3),
-            None,
-            "a success resets the failure run"
-        );
+        assert_eq!(h.record(true, 2, 3), None, "a success resets the failure run");
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), Some(false));

@@ -85,10 +85,7 @@ pub fn prepare(config: Arc<Config>, stats: Arc<Stats>) -> io::Result<(HealthThre
     let mut targets = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
         for (vi, srv) in svc.servers.iter().enumerate() {
-            let id = ServerId {
-                service: si,
-                server: vi,
-            };
+            let id = ServerId { service: si, server: vi };
             let addr = SocketAddr::new(srv.addr.ip(), svc.check.port.unwrap_or(srv.addr.port()));
             targets.push(Target {
                 id,
@@ -101,23 +98,14 @@ pub fn prepare(config: Arc<Config>, stats: Arc<Stats>) -> io::Result<(HealthThre
             });
         }
     }
-    let thread = HealthThread {
-        config,
-        stats,
-        workers: Vec::new(),
-        rx,
-        poll,
-        targets,
-    };
+    let thread = HealthThread { config, stats, workers: Vec::new(), rx, poll, targets };
     Ok((thread, HealthLink { tx, waker }))
 }
 
 impl HealthThread {
     pub fn spawn(mut self, workers: Vec<WorkerLink>) -> io::Result<JoinHandle<()>> {
         self.workers = workers;
-        std::thread::Builder::new()
-            .name("shunt-health".into())
-            .spawn(move || self.run())
+        std::thread::Builder::new().name("shunt-health".into()).spawn(move || self.run())
     }
 
     fn run(mut self) {
@@ -126,9 +114,7 @@ impl HealthThread {
             let now = Instant::now();
             self.start_due_probes(now);
             self.expire_probes(now);
-            let timeout = self
-                .next_wakeup()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self.next_wakeup().map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("health: poll failed: {e}");
@@ -175,11 +161,9 @@ impl HealthThread {
             let interval = check.interval;
             match Probe::start(t.addr, &kind, now, deadline) {
                 Ok(mut p) => {
-                    if let Err(e) = self.poll.registry().register(
-                        &mut p.stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    if let Err(e) =
+                        self.poll.registry().register(&mut p.stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+                    {
                         self.conclude(i, now, Verdict::Fail(format!("register: {e}")));
                         self.targets[i].next_due = now + interval;
                         continue;
@@ -196,18 +180,9 @@ impl HealthThread {
 
     fn expire_probes(&mut self, now: Instant) {
         for i in 0..self.targets.len() {
-            if self.targets[i]
-                .probe
-                .as_ref()
-                .is_some_and(|p| now >= p.deadline)
-            {
-                let timeout = self.config.services[self.targets[i].id.service]
-                    .check
-                    .timeout;
-                self.finish_probe(
-                    i,
-                    Verdict::Fail(format!("timeout after {}ms", timeout.as_millis())),
-                );
+            if self.targets[i].probe.as_ref().is_some_and(|p| now >= p.deadline) {
+                let timeout = self.config.services[self.targets[i].id.service].check.timeout;
+                self.finish_probe(i, Verdict::Fail(format!("timeout after {}ms", timeout.as_millis())));
             }
         }
     }
@@ -239,9 +214,7 @@ impl HealthThread {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.stream);
-        let interval = self.config.services[self.targets[i].id.service]
-            .check
-            .interval;
+        let interval = self.config.services[self.targets[i].id.service].check.interval;
         // Keep the cadence: the next probe is due one interval after this one started.
         self.targets[i].next_due = p.started + interval;
         self.conclude(i, p.started, verdict);
@@ -255,17 +228,9 @@ impl HealthThread {
             Verdict::Pass => (true, "ok".to_string()),
             Verdict::Fail(why) => (false, why.clone()),
         };
-        debug!(
-            "health: {} probe {}: {detail} ({duration_us}us)",
-            t.label,
-            if ok { "passed" } else { "failed" }
-        );
+        debug!("health: {} probe {}: {detail} ({duration_us}us)", t.label, if ok { "passed" } else { "failed" });
         if let Ok(mut last) = self.stats.server(t.id).last_check.lock() {
-            *last = CheckOutcome {
-                ok: Some(ok),
-                detail: detail.clone(),
-                duration_us,
-            };
+            *last = CheckOutcome { ok: Some(ok), detail: detail.clone(), duration_us };
         }
         self.record(i, ok, &detail);
     }
@@ -296,10 +261,7 @@ impl HealthThread {
         } else {
             warn!("server {label} is DOWN ({reason})");
         }
-        self.stats
-            .server(id)
-            .up
-            .store(up, std::sync::atomic::Ordering::Relaxed);
+        self.stats.server(id).up.store(up, std::sync::atomic::Ordering::Relaxed);
         for w in &self.workers {
             w.send(WorkerMsg::Health { id, up });
         }

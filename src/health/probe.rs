@@ -37,29 +37,17 @@ pub struct Probe {
 
 impl Probe {
     /// Starts connecting; the caller registers `stream` for READABLE | WRITABLE.
-    pub fn start(
-        addr: SocketAddr,
-        kind: &CheckKind,
-        now: Instant,
-        deadline: Instant,
-    ) -> io::Result<Probe> {
+    pub fn start(addr: SocketAddr, kind: &CheckKind, now: Instant, deadline: Instant) -> io::Result<Probe> {
         let stream = mio::net::TcpStream::connect(addr)?;
         let request = match kind {
             CheckKind::None | CheckKind::Tcp => Vec::new(),
             CheckKind::Send { send, .. } => send.clone(),
-            CheckKind::Http { method, path, .. } => {
-                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shunt-health\r\nConnection: close\r\n\r\n")
-                    .into_bytes()
-            }
+            CheckKind::Http { method, path, .. } => format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shunt-health\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
         };
-        Ok(Probe {
-            stream,
-            started: now,
-            deadline,
-            stage: Stage::Connecting,
-            request,
-            reply: Vec::new(),
-        })
+        Ok(Probe { stream, started: now, deadline, stage: Stage::Connecting, request, reply: Vec::new() })
     }
 
     /// Advances on readiness. `Some` once the probe is decided.
@@ -68,9 +56,7 @@ impl Probe {
             match self.stage {
                 Stage::Connecting => {
                     match self.stream.take_error() {
-                        Ok(Some(e)) | Err(e) => {
-                            return Some(Verdict::Fail(format!("connect: {e}")))
-                        }
+                        Ok(Some(e)) | Err(e) => return Some(Verdict::Fail(format!("connect: {e}"))),
                         Ok(None) => {}
                     }
                     match self.stream.peer_addr() {
@@ -108,9 +94,7 @@ impl Probe {
                                 return Some(v);
                             }
                             if self.reply.len() >= MAX_REPLY {
-                                return Some(Verdict::Fail(format!(
-                                    "no match in the first {MAX_REPLY} bytes"
-                                )));
+                                return Some(Verdict::Fail(format!("no match in the first {MAX_REPLY} bytes")));
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -131,26 +115,16 @@ pub fn judge(kind: &CheckKind, reply: &[u8], eof: bool) -> Option<Verdict> {
             if contains(reply, expect) {
                 Some(Verdict::Pass)
             } else if eof {
-                Some(Verdict::Fail(format!(
-                    "reply does not contain {:?}",
-                    String::from_utf8_lossy(expect)
-                )))
+                Some(Verdict::Fail(format!("reply does not contain {:?}", String::from_utf8_lossy(expect))))
             } else {
                 None
             }
         }
         CheckKind::Http { expect, .. } => match http_status(reply) {
             Some(Ok(status)) if expect.matches(status) => Some(Verdict::Pass),
-            Some(Ok(status)) => Some(Verdict::Fail(format!(
-                "HTTP status {status}, expected {}",
-                show(expect)
-            ))),
-            Some(Err(())) => Some(Verdict::Fail(
-                "reply is not an HTTP/1.x status line".to_string(),
-            )),
-            None if eof => Some(Verdict::Fail(
-                "connection closed before a full status line".to_string(),
-            )),
+            Some(Ok(status)) => Some(Verdict::Fail(format!("HTTP status {status}, expected {}", show(expect)))),
+            Some(Err(())) => Some(Verdict::Fail("reply is not an HTTP/1.x status line".to_string())),
+            None if eof => Some(Verdict::Fail("connection closed before a full status line".to_string())),
             None => None,
         },
     }
@@ -182,14 +156,10 @@ pub fn http_status(reply: &[u8]) -> Option<Result<u16, ()>> {
         return Some(Err(()));
     }
     let digits = &line[9..12];
-    if !digits.iter().all(u8::is_ascii_digit)
-        || line.get(12).is_some_and(|b| !matches!(b, b' ' | b'\r'))
-    {
+    if !digits.iter().all(u8::is_ascii_digit) || line.get(12).is_some_and(|b| !matches!(b, b' ' | b'\r')) {
         return Some(Err(()));
     }
-    let status = digits
-        .iter()
-        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    let status = digits.iter().fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
     Some(Ok(status))
 }
 
@@ -198,11 +168,7 @@ mod tests {
     use super::*;
 
     fn http(expect: StatusMatch) -> CheckKind {
-        CheckKind::Http {
-            method: "GET".into(),
-            path: "/health".into(),
-            expect,
-        }
+        CheckKind::Http { method: "GET".into(), path: "/health".into(), expect }
     }
 
     #[test]
@@ -210,11 +176,7 @@ mod tests {
         assert_eq!(http_status(b"HTTP/1.1 200 OK\r\n"), Some(Ok(200)));
         assert_eq!(http_status(b"HTTP/1.0 503\r\n"), Some(Ok(503)));
         assert_eq!(http_status(b"HTTP/1.1 204\n"), Some(Ok(204)));
-        assert_eq!(
-            http_status(b"HTTP/1.1 200 O"),
-            None,
-            "line not complete yet"
-        );
+        assert_eq!(http_status(b"HTTP/1.1 200 O"), None, "line not complete yet");
         assert_eq!(http_status(b"HTT"), None);
         assert_eq!(http_status(b""), None);
         assert_eq!(http_status(b"SSH-2.0-OpenSSH\r\n"), Some(Err(())));
@@ -225,48 +187,19 @@ mod tests {
 
     #[test]
     fn judge_http_exact_and_class() {
-        assert_eq!(
-            judge(
-                &http(StatusMatch::Exact(200)),
-                b"HTTP/1.1 200 OK\r\n",
-                false
-            ),
-            Some(Verdict::Pass)
-        );
-        assert!(matches!(
-            judge(
-                &http(StatusMatch::Exact(200)),
-                b"HTTP/1.1 503 No\r\n",
-                false
-            ),
-            Some(Verdict::Fail(_))
-        ));
-        assert_eq!(
-            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 204 \r\n", false),
-            Some(Verdict::Pass)
-        );
-        assert_eq!(
-            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", false),
-            None
-        );
-        assert!(matches!(
-            judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", true),
-            Some(Verdict::Fail(_))
-        ));
+        assert_eq!(judge(&http(StatusMatch::Exact(200)), b"HTTP/1.1 200 OK\r\n", false), Some(Verdict::Pass));
+        assert!(matches!(judge(&http(StatusMatch::Exact(200)), b"HTTP/1.1 503 No\r\n", false), Some(Verdict::Fail(_))));
+        assert_eq!(judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 204 \r\n", false), Some(Verdict::Pass));
+        assert_eq!(judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", false), None);
+        assert!(matches!(judge(&http(StatusMatch::Class(2)), b"HTTP/1.1 20", true), Some(Verdict::Fail(_))));
     }
 
     #[test]
     fn judge_send_expect() {
-        let kind = CheckKind::Send {
-            send: b"PING\r\n".to_vec(),
-            expect: b"+PONG".to_vec(),
-        };
+        let kind = CheckKind::Send { send: b"PING\r\n".to_vec(), expect: b"+PONG".to_vec() };
         assert_eq!(judge(&kind, b"+PONG\r\n", false), Some(Verdict::Pass));
         assert_eq!(judge(&kind, b"+PO", false), None);
-        assert!(matches!(
-            judge(&kind, b"-ERR", true),
-            Some(Verdict::Fail(_))
-        ));
+        assert!(matches!(judge(&kind, b"-ERR", true), Some(Verdict::Fail(_))));
     }
 
     #[test]
@@ -275,9 +208,7 @@ mod tests {
         for len in 0..200 {
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     (seed >> 56) as u8
                 })
                 .collect();

@@ -176,34 +176,23 @@ pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// [`wait_listening`], which only looks at the socket table.
 pub fn wait_port(addr: impl ToSocketAddrs) {
     let addr = resolve(addr);
-    wait_for(
-        START_TIMEOUT,
-        &format!("{addr} to accept connections"),
-        || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
-    );
+    wait_for(START_TIMEOUT, &format!("{addr} to accept connections"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
 }
 
 /// Waits until process `pid` has a TCP socket in LISTEN state on `port` (any local address).
 /// Reads /proc only, so unlike [`wait_port`] it opens no connection that a proxy would forward.
 pub fn wait_listening(pid: u32, port: u16) {
-    wait_for(
-        START_TIMEOUT,
-        &format!("pid {pid} to listen on port {port}"),
-        || is_listening(pid, port),
-    );
+    wait_for(START_TIMEOUT, &format!("pid {pid} to listen on port {port}"), || is_listening(pid, port));
 }
 
 fn is_listening(pid: u32, port: u16) -> bool {
-    tcp_sockets(pid)
-        .iter()
-        .any(|s| s.state == TcpState::Listen && s.local.port() == port)
+    tcp_sockets(pid).iter().any(|s| s.state == TcpState::Listen && s.local.port() == port)
 }
 
 fn resolve(addr: impl ToSocketAddrs) -> SocketAddr {
-    addr.to_socket_addrs()
-        .expect("resolve address")
-        .next()
-        .expect("address resolves to nothing")
+    addr.to_socket_addrs().expect("resolve address").next().expect("address resolves to nothing")
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -229,15 +218,8 @@ impl Proc {
             .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("dup log fd");
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log_path: log_path.to_path_buf(),
-            status: None,
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Proc { name: name.to_string(), child, log_path: log_path.to_path_buf(), status: None }
     }
 
     pub fn pid(&self) -> u32 {
@@ -252,13 +234,7 @@ impl Proc {
         }
         // SAFETY: kill(2) has no memory-safety preconditions.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {sig}): {}",
-            self.pid(),
-            io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), io::Error::last_os_error());
     }
 
     /// The exit status if the process has exited (reaping it), else None. Never blocks.
@@ -303,9 +279,7 @@ impl Proc {
 
     /// Everything the process wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -418,10 +392,7 @@ impl Shunt {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    panic!(
-                        "shunt not listening on port {port} after {START_TIMEOUT:?}; log:\n{}",
-                        self.log()
-                    );
+                    panic!("shunt not listening on port {port} after {START_TIMEOUT:?}; log:\n{}", self.log());
                 }
                 thread::sleep(Duration::from_millis(10));
             }
@@ -465,11 +436,7 @@ pub fn spawn_shunt_with(bin: &Path, conf: &str, env: &[(&str, &str)]) -> Shunt {
         cmd.env(k, v);
     }
     let proc = Proc::spawn("shunt", cmd, &dir.join("shunt.log"));
-    Shunt {
-        proc,
-        conf_path,
-        dir,
-    }
+    Shunt { proc, conf_path, dir }
 }
 
 /// Starts shunt (see [`shunt_bin`]) with `conf` and waits until all its listeners are up.
@@ -516,15 +483,13 @@ pub fn shunt_check(conf: &str) -> (i32, String, String) {
 
 /// Number of open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
-        .count()
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}")).count()
 }
 
 /// VmRSS of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -638,19 +603,12 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
             if !inodes.contains(&inode) {
                 continue;
             }
-            let (Some(local), Some(remote), Ok(code)) = (
-                parse_proc_addr(f[1]),
-                parse_proc_addr(f[2]),
-                u8::from_str_radix(f[3], 16),
-            ) else {
+            let (Some(local), Some(remote), Ok(code)) =
+                (parse_proc_addr(f[1]), parse_proc_addr(f[2]), u8::from_str_radix(f[3], 16))
+            else {
                 continue;
             };
-            out.push(TcpSocket {
-                local,
-                remote,
-                state: TcpState::from_code(code),
-                inode,
-            });
+            out.push(TcpSocket { local, remote, state: TcpState::from_code(code), inode });
         }
     }
     out
@@ -667,10 +625,8 @@ pub fn sockets_in_state(pid: u32, state: &str) -> usize {
 fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..ip.len() / 8)
-        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
+    let words: Vec<u32> =
+        (0..ip.len() / 8).map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16)).collect::<Result<_, _>>().ok()?;
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
     match bytes.len() {
         4 => {
@@ -712,13 +668,9 @@ impl Nginx {
     }
 
     pub fn start_on(port: u16, name: &str, big_len: usize) -> Nginx {
+        assert!(Path::new(NGINX).is_file(), "nginx not found at {NGINX}: run scripts/install-deps.sh (as root)");
         assert!(
-            Path::new(NGINX).is_file(),
-            "nginx not found at {NGINX}: run scripts/install-deps.sh (as root)"
-        );
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
             "nginx name {name:?} must be [A-Za-z0-9._-] (it is pasted into nginx.conf)"
         );
         let dir = TempDir::new("nginx");
@@ -766,28 +718,14 @@ http {{
             .arg(&conf_path);
         let mut proc = Proc::spawn(&format!("nginx {name}"), cmd, &dir.join("stderr.log"));
 
-        wait_for(
-            START_TIMEOUT,
-            &format!("nginx {name} on port {port}"),
-            || {
-                if let Some(st) = proc.try_status() {
-                    let err = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                    panic!(
-                        "nginx {name} exited ({}) before listening on {port}:\n{}{err}",
-                        Proc::describe(st),
-                        proc.log()
-                    );
-                }
-                is_listening(proc.pid(), port)
-            },
-        );
-        Nginx {
-            proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            name: name.to_string(),
-            big_path,
-            dir,
-        }
+        wait_for(START_TIMEOUT, &format!("nginx {name} on port {port}"), || {
+            if let Some(st) = proc.try_status() {
+                let err = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                panic!("nginx {name} exited ({}) before listening on {port}:\n{}{err}", Proc::describe(st), proc.log());
+            }
+            is_listening(proc.pid(), port)
+        });
+        Nginx { proc, addr: SocketAddr::from(([127, 0, 0, 1], port)), name: name.to_string(), big_path, dir }
     }
 
     pub fn port(&self) -> u16 {
@@ -875,13 +813,7 @@ impl TcpServer {
                 }
             })
         };
-        TcpServer {
-            addr,
-            stats,
-            stop,
-            conns,
-            acceptor: Some(acceptor),
-        }
+        TcpServer { addr, stats, stop, conns, acceptor: Some(acceptor) }
     }
 
     /// Connections accepted so far.
@@ -986,9 +918,7 @@ impl SinkServer {
 
     /// Waits until at least `n` bytes have arrived in total.
     pub fn wait_bytes(&self, n: u64, timeout: Duration) {
-        wait_for(timeout, &format!("sink to receive {n} bytes"), || {
-            self.bytes_in() >= n
-        });
+        wait_for(timeout, &format!("sink to receive {n} bytes"), || self.bytes_in() >= n);
     }
 }
 
@@ -1007,8 +937,7 @@ impl Deref for SinkServer {
 /// bytes that never come fails instead of hanging.
 pub fn connect(addr: impl ToSocketAddrs) -> TcpStream {
     let addr = resolve(addr);
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s
@@ -1020,17 +949,9 @@ pub fn http_get(addr: impl ToSocketAddrs, path: &str) -> (u16, String) {
 }
 
 /// `POST path` with `body` (and an optional bearer token): (status, body).
-pub fn http_post(
-    addr: impl ToSocketAddrs,
-    path: &str,
-    token: Option<&str>,
-    body: &[u8],
-) -> (u16, String) {
+pub fn http_post(addr: impl ToSocketAddrs, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| vec![("Authorization", a)])
-        .unwrap_or_default();
+    let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("Authorization", a)]).unwrap_or_default();
     http_request(addr, "POST", path, &headers, body).unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
@@ -1047,10 +968,8 @@ pub fn http_request(
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req =
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -1064,10 +983,7 @@ pub fn http_request(
 
 fn parse_http_response(resp: &[u8]) -> io::Result<(u16, String)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers in response"))?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers in response"))?;
     let head = String::from_utf8_lossy(&resp[..split]);
     let status = head
         .lines()
