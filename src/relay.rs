@@ -17,6 +17,8 @@ pub const BUF_SIZE: usize = 16 * 1024;
 /// Idle pipes and buffers a worker keeps for reuse; more are freed. Each idle pipe holds two
 /// descriptors, so this bounds what the pool takes from the descriptor budget.
 const POOL_MAX_IDLE: usize = 256;
+/// Fill/drain rounds one flow may run per worker turn (up to 64 x 64 KiB = 4 MiB with splice).
+const TURN_BUDGET: usize = 64;
 
 /// A kernel pipe used as a splice(2) intermediary.
 pub struct Pipe {
@@ -138,6 +140,9 @@ pub struct Flow {
     pub dst_shut: bool,
     /// Bytes delivered to the destination.
     pub delivered: u64,
+    /// The last `pump` stopped on its turn budget with work left: edge-triggered epoll will
+    /// not say so again, so the worker must come back to this flow by itself.
+    pub yielded: bool,
 }
 
 impl Flow {
@@ -162,9 +167,14 @@ impl Flow {
         splice: bool,
     ) -> Result<usize, FlowError> {
         let mut delivered = 0;
-        // why a cap: a peer that keeps both sides ready forever (a fast local transfer) must
-        // not starve the other sessions of this worker; we come back on the next turn.
-        for _ in 0..64 {
+        self.yielded = false;
+        // why a budget: a peer that keeps both sides ready (a fast local transfer) must not
+        // starve the other sessions of this worker; `yielded` brings us back next turn.
+        for round in 0..=TURN_BUDGET {
+            if round == TURN_BUDGET {
+                self.yielded = true;
+                break;
+            }
             let mut progress = false;
             if self.pending > 0 && dst_ready.writable {
                 let chan = self.chan.as_mut().expect("invariant: pending > 0 implies a channel");

@@ -169,6 +169,11 @@ impl Session {
         (Step::Continue, to_server, to_client)
     }
 
+    /// A flow stopped on its per-turn budget with work left (see `Flow::yielded`).
+    pub fn yielded(&self) -> bool {
+        self.up.yielded || self.down.yielded
+    }
+
     /// `failed` is gone. Bytes it sent before failing still reach the other peer (EOF-flush
     /// rule); the flow into it is dropped. Closes once the flush is done or impossible.
     fn flush_after_abort(

@@ -102,6 +102,8 @@ pub struct Worker {
     relay: Pools,
     /// Slots closed during this turn, freed at its end.
     closed: Vec<usize>,
+    /// Sessions that yielded with work left: (slot, session id), pumped again next turn.
+    again: Vec<(usize, u64)>,
     next_id: u64,
     /// Accepting is paused (out of descriptors) until then, or until a session closes.
     accept_paused_until: Option<Instant>,
@@ -158,6 +160,7 @@ impl Worker {
             timers: Timers::default(),
             relay: Pools::default(),
             closed: Vec::new(),
+            again: Vec::new(),
             next_id: 0,
             accept_paused_until: None,
             cap_blocked: false,
@@ -197,6 +200,7 @@ impl Worker {
             // their descriptors are free for the accepts below.
             self.reap();
             self.handle_messages(now);
+            self.resume_yielded(now);
             self.accept_ready(now);
             self.fire_timers(now);
             self.reap();
@@ -220,6 +224,9 @@ impl Worker {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let mut wake = self.timers.next();
         let mut consider = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if self.listeners.iter().any(|l| l.ready) {
@@ -503,8 +510,21 @@ impl Worker {
                 stats.bytes_in.fetch_add(to_client as u64, Relaxed);
             }
         }
-        if let Step::Close(cause) = step {
-            self.close(slot, cause, now);
+        match step {
+            Step::Close(cause) => self.close(slot, cause, now),
+            Step::Continue if session.yielded() => self.again.push((slot, session.id)),
+            Step::Continue => {}
+        }
+    }
+
+    /// Pumps the sessions that used up their budget last turn. The id check skips a slot
+    /// that was closed and reused meanwhile.
+    fn resume_yielded(&mut self, now: Instant) {
+        let again = std::mem::take(&mut self.again);
+        for (slot, id) in again {
+            if self.sessions.get(slot).is_some_and(|s| s.id == id && !s.closed && s.phase == Phase::Streaming) {
+                self.pump(slot, now);
+            }
         }
     }
 
