@@ -63,8 +63,10 @@ pub struct Running {
 /// Binds everything and starts the threads.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let stats = Arc::new(Stats::new(&config));
+    let mut stats = Stats::new(&config);
     let workers = config.workers.max(1);
+    stats.max_conns = descriptor_cap(&config, workers);
+    let stats = Arc::new(stats);
 
     // Worker 0 binds first; port 0 is resolved then, and the others bind the same address
     // (SO_REUSEPORT), so every worker gets its own accept queue on one port.
@@ -106,6 +108,29 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     }
     let health_handle = health_thread.spawn(links).map_err(io_err("health thread"))?;
     Ok(Running { config, stats, listening, workers: handles, health: health_link, health_thread: Some(health_handle) })
+}
+
+/// Descriptors kept aside for everything that is not a proxied socket: stdio, epoll and waker
+/// descriptors, listeners, health probes, pipes in flight, the admin endpoint.
+const FD_RESERVE: usize = 64;
+
+/// `max_conns`, lowered so that accepting stops before the process runs out of descriptors
+/// (each proxied connection holds two). Out-of-descriptor errors are still handled, but a cap
+/// that holds connections in the kernel backlog serves clients better than accept-then-reset.
+fn descriptor_cap(config: &Config, workers: usize) -> usize {
+    let listeners: usize = config.services.iter().map(|s| s.binds.len()).sum::<usize>() * workers;
+    let servers: usize = config.services.iter().map(|s| s.servers.len()).sum();
+    let Some(limit) = net::fd_limit() else { return config.max_conns };
+    let room = limit.saturating_sub(FD_RESERVE + listeners + servers) / 2;
+    if room < config.max_conns {
+        log::warn!(
+            "the descriptor limit ({limit}) carries at most {room} proxied connections: max_conns lowered from {}",
+            config.max_conns
+        );
+        room.max(1)
+    } else {
+        config.max_conns
+    }
 }
 
 /// The handles other threads (signals, admin) use to steer the workers.

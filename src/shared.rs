@@ -124,6 +124,8 @@ pub struct Stats {
     pub started: Instant,
     /// Proxied connections over every service and worker (the global `max_conns`).
     pub active_total: AtomicUsize,
+    /// The global cap in force: `max_conns`, lowered if the descriptor limit cannot carry it.
+    pub max_conns: usize,
     pub services: Vec<Arc<ServiceStats>>,
     /// `servers[service][server]`.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
@@ -134,6 +136,7 @@ impl Stats {
         Stats {
             started: Instant::now(),
             active_total: AtomicUsize::new(0),
+            max_conns: config.max_conns,
             services: config.services.iter().map(|_| Arc::default()).collect(),
             servers: config
                 .services

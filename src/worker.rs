@@ -326,7 +326,7 @@ impl Worker {
 
     /// Below the global and the service's connection caps.
     fn has_room(&self, service: usize) -> bool {
-        if self.stats.active_total.load(Relaxed) >= self.config.max_conns {
+        if self.stats.active_total.load(Relaxed) >= self.stats.max_conns {
             return false;
         }
         let cap = self.config.services[service].max_conns;
@@ -401,8 +401,11 @@ impl Worker {
                 }
                 Err(e) if net::is_resource_exhaustion(&e) => {
                     server.stats.release();
-                    logs::limited_warn("connect", format_args!("socket for a server connect: {e}"));
+                    logs::limited_warn("connect", format_args!("socket for a server connect: {e}; pausing accepts"));
                     self.close(slot, Cause::Resource, now);
+                    // Accepting more now would only accept-and-reset the backlog: wait for
+                    // descriptors to come back.
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
                 Err(e) => {
@@ -624,8 +627,10 @@ impl Worker {
         );
         session.backend = None;
         self.closed.push(slot);
-        // A descriptor was freed: paused accepts may go on.
-        self.accept_paused_until = None;
+        if cause != Cause::Resource {
+            // Descriptors were freed: paused accepts may go on.
+            self.accept_paused_until = None;
+        }
     }
 }
 
