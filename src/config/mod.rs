@@ -172,6 +172,18 @@ pub enum StatusMatch {
     Class(u16),
 }
 
+impl Balance {
+    /// The conf-file spelling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+            Balance::First => "first",
+            Balance::Source => "source",
+        }
+    }
+}
+
 impl StatusMatch {
     pub fn matches(&self, status: u16) -> bool {
         match *self {
@@ -210,11 +222,11 @@ impl Config {
             .map(|s| {
                 let binds: Vec<String> = s.binds.iter().map(|b| b.addr.to_string()).collect();
                 format!(
-                    "service {}: bind {} -> {} server(s), balance {:?}, check {}",
+                    "service {}: bind {} -> {} server(s), balance {}, check {}",
                     s.name,
                     binds.join(","),
                     s.servers.len(),
-                    s.balance,
+                    s.balance.name(),
                     match &s.check.kind {
                         CheckKind::None => "none (passive only)",
                         CheckKind::Tcp => "tcp",
