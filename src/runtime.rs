@@ -123,7 +123,11 @@ fn descriptor_cap(config: &Config, workers: usize) -> usize {
     let Some(limit) = net::fd_limit() else { return config.max_conns };
     let room = limit.saturating_sub(FD_RESERVE + listeners + servers) / 2;
     if room < config.max_conns {
-        log::warn!(
+        // Only a cap the operator asked for deserves a warning; the default is just a ceiling.
+        let level =
+            if config.max_conns == crate::config::DEFAULT_MAX_CONNS { log::Level::Info } else { log::Level::Warn };
+        log::log!(
+            level,
             "the descriptor limit ({limit}) carries at most {room} proxied connections: max_conns lowered from {}",
             config.max_conns
         );

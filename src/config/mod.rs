@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// Default conf file location (DESIGN.md, "Command line").
 pub const DEFAULT_PATH: &str = "/etc/shunt/shunt.conf";
+/// `max_conns` when the file does not set it.
+pub const DEFAULT_MAX_CONNS: usize = 100_000;
 
 /// Everything a running shunt needs to know, checked whole.
 #[derive(Debug, Clone, PartialEq)]

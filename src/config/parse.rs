@@ -61,7 +61,7 @@ pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Config, Vec<ConfigError>
         cfg: Config {
             path: file.to_path_buf(),
             workers: 1,
-            max_conns: 100_000,
+            max_conns: super::DEFAULT_MAX_CONNS,
             admin: None,
             admin_token: None,
             drain_timeout: Duration::from_secs(30),
