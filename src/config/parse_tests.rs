@@ -1,0 +1,424 @@
+//! Tests of the conf-file parser: one valid file parsed to the exact `Config`, one test per
+//! error path (line number and message), multiple errors at once, and garbage bytes.
+
+use super::*;
+use crate::config::StatusMatch;
+
+/// One valid service (lines 1-3); each error case adds exactly one mistake to it. A macro, so
+/// `concat!` can build the cases from it.
+macro_rules! ok {
+    () => {
+        "service web\nbind *:0\nserver a 127.0.0.1:9001\n"
+    };
+    (+ $tail:literal) => {
+        concat!(ok!(), $tail)
+    };
+    ($head:literal + $tail:literal) => {
+        concat!($head, ok!(), $tail)
+    };
+    ($head:literal +) => {
+        concat!($head, ok!())
+    };
+}
+const OK: &str = ok!();
+
+fn parse(src: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_bytes(src.as_bytes(), Path::new("t.conf"))
+}
+
+fn errors(src: &[u8]) -> Vec<(usize, String)> {
+    match parse_bytes(src, Path::new("t.conf")) {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs.into_iter().map(|e| (e.line, e.message)).collect(),
+    }
+}
+
+fn srv(name: &str, addr: &str, line: usize) -> Server {
+    let addr = addr.parse().unwrap();
+    Server { name: name.into(), addr, weight: 1, backup: false, disabled: false, maxconn: None, line }
+}
+
+fn svc(name: &str, line: usize, binds: &[(ListenAddr, usize)]) -> Service {
+    let mut s = Block::new(name.into(), line).svc;
+    s.binds = binds.iter().map(|&(addr, line)| Bind { addr, line }).collect();
+    s
+}
+
+fn addr(s: &str) -> ListenAddr {
+    ListenAddr::Addr(s.parse().unwrap())
+}
+
+#[test]
+fn design_example_plus_every_option_parses_exactly() {
+    let src = r#"# ---- global ----
+workers        1                  # event-loop threads, each with its own SO_REUSEPORT listeners
+max_conns      100000             # proxied connections, all services together
+admin          127.0.0.1:9090     # admin HTTP endpoint (metrics, status, control); absent = off
+admin_token    /etc/shunt/token   # optional: a file whose content is the bearer token
+drain_timeout  30s                # how long SIGTERM waits for live connections
+log            info               # error | warn | info | debug | trace; RUST_LOG, when set, wins
+
+# ---- a service: its listeners, its server pool, its policies ----
+service web
+  bind         *:8080                         # one or more
+  balance      roundrobin                     # roundrobin | leastconn | first | source
+  server       web-01 127.0.0.1:9001 weight 3
+  server       web-02 127.0.0.1:9002          # weight 1 by default
+  server       spare  127.0.0.1:9003 backup   # gets traffic only while no non-backup server is up
+  check        tcp interval 2s timeout 1s rise 2 fall 3
+  retries      2                              # on a failed connect, try the next server
+  timeout      connect 2s
+  timeout      idle 10m                       # no byte in either direction: close both sides
+service cache.v2
+  bind 127.0.0.1:6380
+  bind [::1]:6380
+  bind 0.0.0.0:0
+  balance leastconn
+  server r1 [::1]:6379 weight 0 disabled maxconn 50
+  server r2 127.0.0.1:6379 maxconn 7 backup weight 256
+  check send "PING\r\n" expect "+PONG\x00" port 6400 fall 10 rise 1 timeout 5s interval 250ms
+  retries 0
+  timeout idle 1h
+  timeout connect 100ms
+  max_conns 500
+  splice off
+service api_1
+  bind [::]:80
+  bind *:81
+  balance first
+  server a 10.0.0.1:80
+  check http GET /health?x=1 expect 2xx
+service s
+  bind *:82
+  balance source
+  server b 10.0.0.2:1
+  check http HEAD / expect 204 interval 5m
+"#;
+    let mut web = svc("web", 10, &[(ListenAddr::Any(8080), 11)]);
+    web.servers = vec![
+        Server { weight: 3, ..srv("web-01", "127.0.0.1:9001", 13) },
+        srv("web-02", "127.0.0.1:9002", 14),
+        Server { backup: true, ..srv("spare", "127.0.0.1:9003", 15) },
+    ];
+    web.check.kind = CheckKind::Tcp;
+    web.retries = 2;
+    web.connect_timeout = Duration::from_secs(2);
+    let binds = [(addr("127.0.0.1:6380"), 21), (addr("[::1]:6380"), 22), (addr("0.0.0.0:0"), 23)];
+    let mut cache = svc("cache.v2", 20, &binds);
+    cache.balance = Balance::LeastConn;
+    let r1 = srv("r1", "[::1]:6379", 25);
+    let r2 = srv("r2", "127.0.0.1:6379", 26);
+    cache.servers = vec![
+        Server { weight: 0, disabled: true, maxconn: Some(50), ..r1 },
+        Server { weight: 256, backup: true, maxconn: Some(7), ..r2 },
+    ];
+    let kind = CheckKind::Send { send: b"PING\r\n".to_vec(), expect: b"+PONG\0".to_vec() };
+    let (interval, timeout) = (Duration::from_millis(250), Duration::from_secs(5));
+    cache.check = Check { kind, interval, timeout, rise: 1, fall: 10, port: Some(6400) };
+    cache.retries = 0;
+    cache.idle_timeout = Duration::from_secs(3600);
+    cache.connect_timeout = Duration::from_millis(100);
+    cache.max_conns = Some(500);
+    cache.splice = false;
+    let mut api = svc("api_1", 33, &[(addr("[::]:80"), 34), (ListenAddr::Any(81), 35)]);
+    api.balance = Balance::First;
+    api.servers = vec![srv("a", "10.0.0.1:80", 37)];
+    let (method, path, expect) = ("GET".into(), "/health?x=1".into(), StatusMatch::Class(2));
+    api.check.kind = CheckKind::Http { method, path, expect };
+    let mut s = svc("s", 39, &[(ListenAddr::Any(82), 40)]);
+    s.balance = Balance::Source;
+    s.servers = vec![srv("b", "10.0.0.2:1", 42)];
+    let (method, path, expect) = ("HEAD".into(), "/".into(), StatusMatch::Exact(204));
+    s.check.kind = CheckKind::Http { method, path, expect };
+    s.check.interval = Duration::from_secs(300);
+    let want = Config {
+        path: PathBuf::from("t.conf"),
+        workers: 1,
+        max_conns: 100_000,
+        admin: Some("127.0.0.1:9090".parse().unwrap()),
+        admin_token: Some(PathBuf::from("/etc/shunt/token")),
+        drain_timeout: Duration::from_secs(30),
+        log_level: log::LevelFilter::Info,
+        services: vec![web, cache, api, s],
+    };
+    assert_eq!(parse(src), Ok(want));
+}
+
+#[test]
+fn globals_other_than_the_defaults() {
+    let src = "workers 4\nmax_conns 5000\nadmin [::1]:9091\nadmin_token \"/run/a b\"\n\
+               drain_timeout 0s\nlog trace\n";
+    let want = Config {
+        path: PathBuf::from("t.conf"),
+        workers: 4,
+        max_conns: 5000,
+        admin: Some("[::1]:9091".parse().unwrap()),
+        admin_token: Some(PathBuf::from("/run/a b")),
+        drain_timeout: Duration::ZERO,
+        log_level: log::LevelFilter::Trace,
+        services: Vec::new(),
+    };
+    let mut got = parse(&format!("{src}{OK}")).unwrap();
+    got.services.clear();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn defaults() {
+    let web = Service {
+        name: "web".into(),
+        line: 1,
+        binds: vec![Bind { addr: ListenAddr::Any(0), line: 2 }],
+        balance: Balance::RoundRobin,
+        servers: vec![srv("a", "127.0.0.1:9001", 3)],
+        check: Check::default(),
+        retries: 3,
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(600),
+        max_conns: None,
+        splice: true,
+    };
+    let want = Config {
+        path: PathBuf::from("t.conf"),
+        workers: 1,
+        max_conns: 100_000,
+        admin: None,
+        admin_token: None,
+        drain_timeout: Duration::from_secs(30),
+        log_level: log::LevelFilter::Info,
+        services: vec![web],
+    };
+    assert_eq!(parse(OK), Ok(want));
+}
+
+#[test]
+fn log_levels() {
+    let levels = ["error", "warn", "info", "debug", "trace"];
+    for (word, level) in levels.into_iter().zip(log::LevelFilter::iter().skip(1)) {
+        assert_eq!(parse(&format!("log {word}\n{OK}")).unwrap().log_level, level);
+    }
+}
+
+#[test]
+fn host_names_resolve_at_parse_time() {
+    let c = parse("service web\nbind *:0\nserver a localhost:9001\n").unwrap();
+    let a = c.services[0].servers[0].addr;
+    assert!(a.ip().is_loopback() && a.port() == 9001, "{a}");
+}
+
+#[test]
+fn binds_that_do_not_overlap_are_fine() {
+    let src = "service a\nbind *:0\nbind *:0\nbind 127.0.0.1:0\nbind [::]:80\nbind 0.0.0.0:80\n\
+               bind 127.0.0.1:81\nbind 127.0.0.2:81\nbind [::1]:82\nbind 0.0.0.0:82\n\
+               server s 10.0.0.1:1\n";
+    assert_eq!(errors(src.as_bytes()), vec![]);
+}
+
+#[test]
+fn crlf_files_and_send_checks_with_empty_send_parse() {
+    let c = parse("service web\r\nbind *:0\r\nserver a 127.0.0.1:1\r\ncheck send \"\" expect \"220\"\r\n");
+    let want = CheckKind::Send { send: Vec::new(), expect: b"220".to_vec() };
+    assert_eq!(c.unwrap().services[0].check.kind, want);
+}
+
+#[test]
+fn the_project_conf_files_parse() {
+    for src in [include_str!("../../conf/example.conf"), include_str!("../../conf/shunt.conf")] {
+        assert_eq!(errors(src.as_bytes()), vec![]);
+    }
+}
+
+#[test]
+fn every_error_is_reported_in_line_order() {
+    let src = "workers 0\nbind *:80\nservice web\nbind *:99999\nbalance fast\n\
+               server a 127.0.0.1:0\nserver a 127.0.0.1:3\nsever b 127.0.0.1:1\n\
+               check http GET / expect 999\nservice api\nbind *:1\n";
+    let errs = errors(src.as_bytes());
+    let lines: Vec<usize> = errs.iter().map(|e| e.0).collect();
+    assert_eq!(lines, vec![1, 2, 4, 5, 6, 7, 8, 9, 10], "{errs:?}");
+    assert!(errs[5].1.contains("duplicate server name"), "{errs:?}");
+}
+
+#[test]
+fn errors_display_as_file_line_message() {
+    let errs = parse(&format!("{OK}retries x\n")).unwrap_err();
+    assert_eq!(errs[0].to_string(), r#"t.conf:4: retries: "x" is not a whole number: expected 0-100"#);
+    assert_eq!(parse("").unwrap_err()[0].to_string(), format!("t.conf: {}", errors(b"")[0].1));
+}
+
+#[test]
+fn unknown_directive_without_a_close_match_suggests_nothing() {
+    let errs = errors(format!("{OK}frobnicate 1\n").as_bytes());
+    assert_eq!(errs, vec![(4, r#"unknown directive "frobnicate" in service "web""#.to_string())]);
+}
+
+#[test]
+fn load_reads_files_and_reports_unreadable_ones() {
+    let missing = load(Path::new("/nonexistent/shunt.conf")).unwrap_err();
+    assert_eq!((missing.len(), missing[0].line), (1, 0));
+    assert!(missing[0].message.contains("cannot read the conf file"), "{missing:?}");
+    let path = std::env::temp_dir().join(format!("shunt-parse-test-{}.conf", std::process::id()));
+    std::fs::write(&path, OK).unwrap();
+    let c = load(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(c.unwrap().path, path);
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed: u64 = 42;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    // why: whole words reach deeper than random bytes, which rarely get past the lexer.
+    let words: Vec<&str> = "service bind server check workers timeout max_conns log web *:80 \
+         127.0.0.1:0 [::1]:9 weight 300 -1 0s 5x 99999999999999999999h expect http send \
+         \"\\x41 \"a\" # tcp 2xx accept_proxy \t \n \n"
+        .split(' ')
+        .collect();
+    for round in 0..400 {
+        let bytes: Vec<u8> = if round % 2 == 0 {
+            (0..next() % 200).map(|_| next() as u8).collect()
+        } else {
+            let n = next() % 60;
+            let picked: Vec<&str> = (0..n).map(|_| words[next() as usize % words.len()]).collect();
+            picked.join(" ").into_bytes()
+        };
+        let _ = parse_bytes(&bytes, Path::new("g.conf"));
+    }
+    let errs = errors(b"\xff\xfe\x00service");
+    assert_eq!(errs.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+macro_rules! error_cases {
+    ($($name:ident: $src:expr => $line:expr, $frag:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let errs = errors(AsRef::<[u8]>::as_ref($src));
+            let hit = errs.len() == 1 && errs[0].0 == $line && errs[0].1.contains($frag);
+            assert!(hit, "want one error on line {} with {:?}, got {errs:?}", $line, $frag);
+        }
+    )*};
+}
+
+error_cases! {
+    unknown_service_directive: ok!(+ "sever b 127.0.0.1:1\n")
+        => 4, r#"unknown directive "sever" in service "web" (did you mean "server"?)"#;
+    unknown_global_directive: ok!("Workers 2\n" +)
+        => 1, r#"unknown directive "Workers" (did you mean "workers"?)"#;
+    reserved_tls: ok!(+ "tls cert a key b\n") => 4, r#""tls" is not supported yet"#;
+    reserved_allow: ok!(+ "allow 10.0.0.0/8\n") => 4, r#""allow" is not supported yet"#;
+    reserved_deny: ok!("deny 0.0.0.0/0\n" +) => 1, r#""deny" is not supported yet"#;
+    reserved_max_conns_per_ip: ok!(+ "max_conns_per_ip 5\n")
+        => 4, r#""max_conns_per_ip" is not supported yet"#;
+    reserved_rate_per_ip: ok!(+ "rate_per_ip 50/s\n")
+        => 4, r#""rate_per_ip" is not supported yet"#;
+    reserved_proxy_protocol: ok!(+ "proxy_protocol v2\n")
+        => 4, r#""proxy_protocol" is not supported yet"#;
+    accept_proxy_bind_option: "service web\nbind *:0 accept_proxy\nserver a 127.0.0.1:1\n"
+        => 2, "bind: the accept_proxy option is not supported yet";
+    global_inside_a_service: ok!(+ "workers 2\n")
+        => 4, "is a global directive: it must come before the first service (line 1)";
+    service_directive_before_any_service: ok!("balance first\n" +)
+        => 1, r#""balance" belongs to a service: add a "service NAME" line before it"#;
+    duplicate_global: ok!("workers 1\nworkers 2\n" +)
+        => 2, r#"workers: duplicate "workers" (first given on line 1)"#;
+    duplicate_balance: ok!(+ "balance first\nbalance source\n")
+        => 5, r#"duplicate "balance" (first given on line 4)"#;
+    duplicate_check: ok!(+ "check tcp\ncheck tcp\n") => 5, r#"duplicate "check""#;
+    duplicate_timeout: ok!(+ "timeout idle 1s\ntimeout connect 1s\ntimeout idle 2s\n")
+        => 6, r#"duplicate "timeout idle" (first given on line 4)"#;
+    duplicate_server_option: ok!(+ "server b 127.0.0.1:2 backup backup\n")
+        => 4, "option backup given twice";
+    duplicate_check_option: ok!(+ "check tcp rise 2 rise 3\n") => 4, "option rise given twice";
+    arity_workers: ok!("workers\n" +)
+        => 1, "workers: wrong number of arguments, expected: workers N";
+    arity_log: ok!("log info debug\n" +) => 1, "expected: log error|warn|info|debug|trace";
+    arity_server: ok!(+ "server b\n")
+        => 4, "expected: server NAME ADDR [weight N] [backup] [disabled] [maxconn N]";
+    arity_bind: "service web\nbind\nserver a 127.0.0.1:1\n" => 2, "expected: bind ADDR";
+    arity_service: "service\nbind *:0\nserver a 127.0.0.1:1\n"
+        => 1, "service: wrong number of arguments, expected: service NAME";
+    arity_check: ok!(+ "check\n") => 4, "check: wrong number of arguments";
+    arity_check_send: ok!(+ "check send \"x\" \"y\"\n")
+        => 4, r#"expected: check send "BYTES" expect "BYTES" [options]"#;
+    arity_check_http: ok!(+ "check http GET / 200\n")
+        => 4, "check http METHOD PATH expect STATUS";
+    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle DURATION";
+    number_zero: ok!("workers 0\n" +) => 1, "workers: 0 is out of range 1-256";
+    weight_out_of_range: ok!(+ "server b 127.0.0.1:2 weight 300\n")
+        => 4, "weight 300 is out of range 0-256";
+    maxconn_zero: ok!(+ "server b 127.0.0.1:2 maxconn 0\n")
+        => 4, "maxconn 0 is out of range 1-";
+    retries_too_many: ok!(+ "retries 101\n") => 4, "retries: 101 is out of range 0-100";
+    service_max_conns_zero: ok!(+ "max_conns 0\n") => 4, "max_conns: 0 is out of range 1-";
+    check_rise_zero: ok!(+ "check tcp rise 0\n") => 4, "rise 0 is out of range 1-1000";
+    check_port_zero: ok!(+ "check tcp port 0\n") => 4, "port 0 is out of range 1-65535";
+    duration_bad_unit: ok!("drain_timeout 5x\n" +)
+        => 1, r#"duration "5x": expected a number followed by ms, s, m or h, e.g. 250ms"#;
+    check_interval_zero: ok!(+ "check tcp interval 0s\n")
+        => 4, "check: interval duration 0s must be greater than zero";
+    check_timeout_zero: ok!(+ "check tcp timeout 0ms\n")
+        => 4, "timeout duration 0ms must be greater than zero";
+    connect_timeout_zero: ok!(+ "timeout connect 0ms\n")
+        => 4, "connect duration 0ms must be greater than zero";
+    idle_timeout_zero: ok!(+ "timeout idle 0h\n")
+        => 4, "idle duration 0h must be greater than zero";
+    log_unknown_level: ok!("log inf\n" +)
+        => 1, r#"unknown level "inf": expected one of error, warn, info, debug, trace (did"#;
+    balance_unknown: ok!(+ "balance leastconns\n") => 4, r#"did you mean "leastconn"?"#;
+    splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off";
+    timeout_unknown_kind: ok!(+ "timeout read 1s\n")
+        => 4, r#"unknown kind "read": expected one of connect, idle"#;
+    check_unknown_kind: ok!(+ "check tpc\n") => 4, r#"(did you mean "tcp"?)"#;
+    check_unknown_option: ok!(+ "check tcp intervall 2s\n")
+        => 4, r#"one of interval, timeout, rise, fall, port (did you mean "interval"?)"#;
+    check_missing_value: ok!(+ "check tcp rise\n") => 4, r#"missing value: expected "rise N""#;
+    check_send_empty_expect: ok!(+ "check send \"x\" expect \"\"\n")
+        => 4, "the expect string is empty";
+    server_unknown_option: ok!(+ "server b 127.0.0.1:2 wieght 3\n")
+        => 4, r#"(did you mean "weight"?)"#;
+    server_missing_value: ok!(+ "server b 127.0.0.1:2 weight\n")
+        => 4, r#"missing value: expected "weight N""#;
+    admin_token_empty: ok!("admin_token \"\"\n" +) => 1, "admin_token: the file name is empty";
+    server_port_zero: ok!(+ "server b 127.0.0.1:0\n") => 4, "port 0 is out of range 1-65535";
+    server_no_port: ok!(+ "server b 127.0.0.1\n") => 4, r#"address "127.0.0.1" has no port"#;
+    server_wildcard: ok!(+ "server b *:80\n") => 4, "a server needs a concrete address";
+    server_bad_host: ok!(+ "server b bad_host:80\n")
+        => 4, r#""bad_host" is not a valid address"#;
+    server_numeric_host: ok!(+ "server b 10.1:80\n") => 4, r#""10.1" is not a valid address"#;
+    service_bad_name: "service we/b\nbind *:0\nserver a 127.0.0.1:1\n"
+        => 1, r#"service: service name "we/b" may only use letters, digits, '_', '.' and '-'"#;
+    duplicate_service: ok!(+ "service web\nbind *:0\nserver a 127.0.0.1:2\n")
+        => 4, r#"duplicate service name "web" (first on line 1)"#;
+    duplicate_server: ok!(+ "server a 127.0.0.1:2\n")
+        => 4, r#"duplicate server name "a" (first on line 3)"#;
+    service_without_bind: "service web\nserver a 127.0.0.1:1\n"
+        => 1, r#"service "web" has no bind line: add one, e.g. "bind *:8080""#;
+    service_without_server: "service web\nbind *:0\n"
+        => 1, r#"service "web" has no server line"#;
+    no_service_empty_file: "" => 0, "no service defined";
+    no_service_globals_only: "workers 2\n# only a comment\n" => 0, "no service defined";
+    conflict_across_services:
+        ok!("service a\nbind *:80\nserver s 10.0.0.1:1\n" + "bind 127.0.0.1:80")
+        => 7, r#"bind: 127.0.0.1:80 conflicts with bind *:80 on line 2 (service "a")"#;
+    bind_conflict_same_address: ok!(+ "bind [::1]:80\nbind [::1]:80\n")
+        => 5, "[::1]:80 conflicts with bind [::1]:80 on line 4";
+    bind_conflict_ipv4_wildcard: ok!(+ "bind 127.0.0.1:80\nbind 0.0.0.0:80\n")
+        => 5, "0.0.0.0:80 conflicts with bind 127.0.0.1:80 on line 4";
+    bind_conflict_with_admin: ok!("admin 127.0.0.1:9090\n" + "bind *:9090\n")
+        => 5, "*:9090 conflicts with admin 127.0.0.1:9090 on line 1";
+    lexer_error_surfaces: ok!(+ "check send \"PING\n")
+        => 4, "unterminated quote starting at column 12";
+    invalid_utf8_line: b"service web\nbind *:0\nserver a 127.0.0.1:1\nbalance \xff\n"
+        => 4, "line is not valid UTF-8";
+    non_utf8_quoted_argument: ok!(+ "balance \"\\xff\"\n")
+        => 4, "balance: argument is not valid UTF-8 text";
+    broken_bind_line_counts_as_a_bind: b"service web\nbind *:0\xff\nserver a 127.0.0.1:1\n"
+        => 2, "line is not valid UTF-8 (byte 0xff at column 9)";
+    broken_server_line_counts_as_a_server: "service web\nbind *:0\nserver a \"127.0.0.1:1\n"
+        => 3, "unterminated quote";
+    broken_service_line_opens_a_service: ok!(+ "balance first\nservice \"api\nbalance first\n")
+        => 5, "unterminated quote";
+}
