@@ -63,8 +63,8 @@ pub struct Running {
 /// Binds everything and starts the threads.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let mut stats = Stats::new(&config);
     let workers = config.workers.max(1);
+    let mut stats = Stats::new(&config, workers);
     stats.max_conns = descriptor_cap(&config, workers);
     let stats = Arc::new(stats);
 
@@ -164,6 +164,11 @@ impl Control {
 }
 
 impl Running {
+    /// Counters and states, summed over workers.
+    pub fn snapshot(&self) -> crate::snapshot::Snapshot {
+        crate::snapshot::take(&self.config, &self.stats, &self.listening)
+    }
+
     pub fn control(&self) -> Control {
         Control { workers: self.workers.iter().map(|(l, _)| l.clone()).collect(), health: self.health.clone() }
     }

@@ -5,6 +5,7 @@
 //! Nothing here is locked on the data path: counters are relaxed atomics, and a worker learns
 //! about health and admin changes only through [`WorkerMsg`] on its channel.
 
+use crate::metrics::WorkerCounters;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -54,14 +55,9 @@ pub struct ServerStats {
     /// The health thread's verdict (the single writer).
     pub up: AtomicBool,
     admin: AtomicU8,
-    /// Connections open to this server now (also read by leastconn and `maxconn`).
+    /// Connections open to this server now, over all workers (read by leastconn and
+    /// `maxconn`, so it cannot be a per-worker counter).
     pub active: AtomicU64,
-    pub total: AtomicU64,
-    pub failed_connects: AtomicU64,
-    /// Bytes received from the server.
-    pub bytes_in: AtomicU64,
-    /// Bytes sent to the server.
-    pub bytes_out: AtomicU64,
     /// Written only by the health thread, read by the admin thread: never on the data path.
     pub last_check: Mutex<CheckOutcome>,
 }
@@ -89,32 +85,10 @@ impl ServerStats {
     }
 }
 
-/// Why a client connection was refused before reaching a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefuseReason {
-    Acl,
-    Limit,
-    NoServer,
-}
-
+/// Gauges of one service that every worker must see (the per-service `max_conns`).
 #[derive(Debug, Default)]
 pub struct ServiceStats {
-    pub accepted: AtomicU64,
-    pub refused_acl: AtomicU64,
-    pub refused_limit: AtomicU64,
-    pub refused_no_server: AtomicU64,
     pub active: AtomicU64,
-}
-
-impl ServiceStats {
-    pub fn refuse(&self, reason: RefuseReason) {
-        let counter = match reason {
-            RefuseReason::Acl => &self.refused_acl,
-            RefuseReason::Limit => &self.refused_limit,
-            RefuseReason::NoServer => &self.refused_no_server,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
 }
 
 /// All counters of a running shunt. Built from the config at start; a reload carries the
@@ -129,11 +103,14 @@ pub struct Stats {
     pub services: Vec<Arc<ServiceStats>>,
     /// `servers[service][server]`.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
+    /// One counter set per worker, summed by readers.
+    pub workers: Vec<Arc<WorkerCounters>>,
 }
 
 impl Stats {
-    pub fn new(config: &crate::config::Config) -> Stats {
+    pub fn new(config: &crate::config::Config, workers: usize) -> Stats {
         Stats {
+            workers: (0..workers).map(|_| Arc::new(WorkerCounters::new(config))).collect(),
             started: Instant::now(),
             active_total: AtomicUsize::new(0),
             max_conns: config.max_conns,

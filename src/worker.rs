@@ -11,10 +11,11 @@ use crate::balance::{Balancer, Candidate};
 use crate::config::{Config, ListenAddr};
 use crate::health::HealthLink;
 use crate::logs::{self, Cause};
+use crate::metrics::WorkerCounters;
 use crate::net;
 use crate::relay::Pools;
 use crate::session::{Phase, Session, Step};
-use crate::shared::{AdminState, HealthMsg, RefuseReason, ServerId, ServerStats, Stats, WorkerMsg};
+use crate::shared::{AdminState, HealthMsg, ServerId, ServerStats, Stats, WorkerMsg};
 use crate::timer::Timers;
 use crate::token::{self, Kind, Side};
 use crossbeam_channel::Receiver;
@@ -93,6 +94,8 @@ pub struct Worker {
     poll: Poll,
     config: Arc<Config>,
     stats: Arc<Stats>,
+    /// This worker's own counters (it is their only writer).
+    counters: Arc<WorkerCounters>,
     rx: Receiver<WorkerMsg>,
     health: HealthLink,
     listeners: Vec<Listener>,
@@ -150,6 +153,7 @@ impl Worker {
         Ok(Worker {
             index: setup.index,
             poll: setup.poll,
+            counters: Arc::clone(&stats.workers[setup.index]),
             config,
             stats,
             rx: setup.rx,
@@ -334,9 +338,8 @@ impl Worker {
     }
 
     fn start_session(&mut self, service: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
-        let svc_stats = &self.stats.services[service];
-        svc_stats.accepted.fetch_add(1, Relaxed);
-        svc_stats.active.fetch_add(1, Relaxed);
+        self.counters.services[service].accepted.add(1);
+        self.stats.services[service].active.fetch_add(1, Relaxed);
         self.stats.active_total.fetch_add(1, Relaxed);
         let _ = stream.set_nodelay(true);
         let id = self.next_id;
@@ -368,7 +371,7 @@ impl Worker {
             let pool = &mut self.pools_by_service[service];
             let Some(pick) = pool.balancer.pick(&pool.servers, session.client_addr.ip(), &session.tried) else {
                 let cause = if session.tried.is_empty() {
-                    self.stats.services[service].refuse(RefuseReason::NoServer);
+                    self.counters.services[service].refused_no_server.add(1);
                     Cause::NoServer
                 } else {
                     Cause::ServerAbort
@@ -427,7 +430,7 @@ impl Worker {
         session.tried.push(server);
         let retries = self.config.services[service].retries as usize;
         let view = &self.pools_by_service[service].servers[server];
-        view.stats.failed_connects.fetch_add(1, Relaxed);
+        self.counters.servers[service][server].failed_connects.add(1);
         let name = &self.config.services[service].servers[server].name;
         logs::limited_warn(
             "connect-failed",
@@ -475,7 +478,11 @@ impl Worker {
                 let _ = stream.set_nodelay(true);
                 session.connected(now);
                 let server = session.server.expect("invariant: connecting sessions have a server");
-                self.pools_by_service[session.service].servers[server].stats.total.fetch_add(1, Relaxed);
+                let counters = &self.counters.servers[session.service][server];
+                counters.connects.add(1);
+                if let Some(t) = session.connect_time {
+                    counters.connect_time.observe(t);
+                }
                 // The idle deadline may come before the connect deadline still armed.
                 self.arm_timer(slot);
                 self.pump(slot, now);
@@ -505,12 +512,12 @@ impl Worker {
         let session = &mut self.sessions[slot];
         let (step, to_server, to_client) = session.pump(now, &mut self.relay);
         if let Some(server) = session.server {
-            let stats = &self.pools_by_service[session.service].servers[server].stats;
+            let counters = &self.counters.servers[session.service][server];
             if to_server > 0 {
-                stats.bytes_out.fetch_add(to_server as u64, Relaxed);
+                counters.bytes_out.add(to_server as u64);
             }
             if to_client > 0 {
-                stats.bytes_in.fetch_add(to_client as u64, Relaxed);
+                counters.bytes_in.add(to_client as u64);
             }
         }
         match step {
@@ -610,6 +617,8 @@ impl Worker {
         };
         self.stats.services[service].active.fetch_sub(1, Relaxed);
         self.stats.active_total.fetch_sub(1, Relaxed);
+        let duration = now.saturating_duration_since(session.started);
+        self.counters.services[service].session_duration.observe(duration);
         let phase = match session.phase {
             Phase::Connecting { .. } => logs::Phase::Connect,
             Phase::Streaming => logs::Phase::Data,
@@ -623,7 +632,7 @@ impl Worker {
             session.up.delivered,
             session.down.delivered,
             session.connect_time.map_or(-1, |d| d.as_millis() as i64),
-            now.saturating_duration_since(session.started).as_millis(),
+            duration.as_millis(),
         );
         session.backend = None;
         self.closed.push(slot);

@@ -1,0 +1,179 @@
+//! Counters and histograms of the data path, one set per worker.
+//!
+//! Each worker is the only writer of its own [`WorkerCounters`] (a relaxed load and store, no
+//! locked instruction, no cache line shared with another worker); the admin thread reads every
+//! worker's set and sums them, so totals are exact. Gauges that several workers must agree on
+//! (active connections, used by caps and leastconn) live in `shared.rs` instead.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Single-writer increment: a plain load and store is enough and avoids a locked
+    /// read-modify-write on the data path.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the server connect-time histogram.
+pub const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Upper bounds (seconds) of the session-duration histogram.
+pub const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0];
+
+/// A fixed-bucket histogram with a single writer. Buckets are not cumulative here; the
+/// exposition makes them so.
+#[derive(Debug)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// `counts[i]` counts observations in (bounds[i-1], bounds[i]]; the last slot is +Inf.
+    counts: Vec<Counter>,
+    sum_us: Counter,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| Counter::default()).collect(),
+            sum_us: Counter::default(),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
+        self.counts[i].add(1);
+        self.sum_us.add(d.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// Adds this histogram into `acc` (per-bucket counts, sum in microseconds).
+    pub fn sum_into(&self, acc: &mut HistogramSnapshot) {
+        if acc.counts.len() != self.counts.len() {
+            acc.counts = vec![0; self.counts.len()];
+        }
+        for (a, c) in acc.counts.iter_mut().zip(&self.counts) {
+            *a += c.get();
+        }
+        acc.sum_us += self.sum_us.get();
+    }
+}
+
+/// A histogram summed over workers.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Per server, per worker.
+#[derive(Debug)]
+pub struct ServerCounters {
+    /// Connections established to the server.
+    pub connects: Counter,
+    pub failed_connects: Counter,
+    /// Bytes received from the server (delivered to clients).
+    pub bytes_in: Counter,
+    /// Bytes sent to the server.
+    pub bytes_out: Counter,
+    pub connect_time: Histogram,
+}
+
+impl Default for ServerCounters {
+    fn default() -> Self {
+        ServerCounters {
+            connects: Counter::default(),
+            failed_connects: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            connect_time: Histogram::new(CONNECT_BUCKETS),
+        }
+    }
+}
+
+/// Per service, per worker.
+#[derive(Debug)]
+pub struct ServiceCounters {
+    pub accepted: Counter,
+    pub refused_acl: Counter,
+    pub refused_limit: Counter,
+    pub refused_no_server: Counter,
+    pub session_duration: Histogram,
+}
+
+impl Default for ServiceCounters {
+    fn default() -> Self {
+        ServiceCounters {
+            accepted: Counter::default(),
+            refused_acl: Counter::default(),
+            refused_limit: Counter::default(),
+            refused_no_server: Counter::default(),
+            session_duration: Histogram::new(DURATION_BUCKETS),
+        }
+    }
+}
+
+/// Everything one worker counts.
+#[derive(Debug)]
+pub struct WorkerCounters {
+    pub services: Vec<ServiceCounters>,
+    /// `servers[service][server]`.
+    pub servers: Vec<Vec<ServerCounters>>,
+}
+
+impl WorkerCounters {
+    pub fn new(config: &crate::config::Config) -> WorkerCounters {
+        WorkerCounters {
+            services: config.services.iter().map(|_| ServiceCounters::default()).collect(),
+            servers: config
+                .services
+                .iter()
+                .map(|s| s.servers.iter().map(|_| ServerCounters::default()).collect())
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let mut s = HistogramSnapshot::default();
+        h.sum_into(&mut s);
+        h.sum_into(&mut s);
+        assert_eq!(s.counts, vec![4, 2, 2]);
+        assert_eq!(s.sum_us, 2 * (500 + 1000 + 5000 + 1_000_000));
+        assert_eq!(s.count(), 8);
+    }
+
+    #[test]
+    fn counter_adds() {
+        let c = Counter::default();
+        c.add(3);
+        c.add(4);
+        assert_eq!(c.get(), 7);
+    }
+}

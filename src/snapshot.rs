@@ -1,0 +1,158 @@
+//! A consistent-enough picture of a running shunt for the admin endpoint and tests: the
+//! configuration's names joined with the shared gauges and every worker's counters, summed.
+//!
+//! Counters are read with relaxed loads while workers run, so a snapshot is not one instant,
+//! but every counter is exact at its own read and never goes backwards.
+
+use crate::config::Config;
+use crate::metrics::HistogramSnapshot;
+use crate::shared::{AdminState, CheckOutcome, ServerId, Stats};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+/// A server's state as the operator sees it: the admin state wins over health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Up,
+    Down,
+    Drain,
+    Disabled,
+}
+
+impl ServerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Drain => "drain",
+            ServerState::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSnapshot {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: ServerState,
+    /// The health verdict alone (a drained server can be healthy).
+    pub healthy: bool,
+    pub active: u64,
+    pub connects: u64,
+    pub failed_connects: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connect_time: HistogramSnapshot,
+    pub last_check: CheckOutcome,
+}
+
+impl ServerSnapshot {
+    /// Can take a new connection now (up, enabled, weight > 0).
+    pub fn usable(&self) -> bool {
+        self.state == ServerState::Up && self.weight > 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSnapshot {
+    pub name: String,
+    pub listeners: Vec<SocketAddr>,
+    pub balance: &'static str,
+    pub active: u64,
+    pub accepted: u64,
+    pub refused_acl: u64,
+    pub refused_limit: u64,
+    pub refused_no_server: u64,
+    pub session_duration: HistogramSnapshot,
+    pub servers: Vec<ServerSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    pub active: usize,
+    pub max_conns: usize,
+    pub workers: usize,
+    pub services: Vec<ServiceSnapshot>,
+}
+
+/// Builds a snapshot. `listening` is every bound listener as (service name, address).
+pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
+    let services = config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(si, svc)| {
+            let mut s = ServiceSnapshot {
+                name: svc.name.clone(),
+                listeners: listening.iter().filter(|(n, _)| *n == svc.name).map(|(_, a)| *a).collect(),
+                balance: svc.balance.name(),
+                active: stats.services[si].active.load(Relaxed),
+                accepted: 0,
+                refused_acl: 0,
+                refused_limit: 0,
+                refused_no_server: 0,
+                session_duration: HistogramSnapshot::default(),
+                servers: Vec::new(),
+            };
+            for w in &stats.workers {
+                let c = &w.services[si];
+                s.accepted += c.accepted.get();
+                s.refused_acl += c.refused_acl.get();
+                s.refused_limit += c.refused_limit.get();
+                s.refused_no_server += c.refused_no_server.get();
+                c.session_duration.sum_into(&mut s.session_duration);
+            }
+            s.servers = svc
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(vi, srv)| {
+                    let shared = stats.server(ServerId { service: si, server: vi });
+                    let healthy = shared.up.load(Relaxed);
+                    let state = match shared.admin() {
+                        AdminState::Disabled => ServerState::Disabled,
+                        AdminState::Drain => ServerState::Drain,
+                        AdminState::Enabled if healthy => ServerState::Up,
+                        AdminState::Enabled => ServerState::Down,
+                    };
+                    let mut out = ServerSnapshot {
+                        name: srv.name.clone(),
+                        address: srv.addr,
+                        weight: srv.weight,
+                        backup: srv.backup,
+                        state,
+                        healthy,
+                        active: shared.active.load(Relaxed),
+                        connects: 0,
+                        failed_connects: 0,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                        connect_time: HistogramSnapshot::default(),
+                        last_check: shared.last_check.lock().map(|c| c.clone()).unwrap_or_default(),
+                    };
+                    for w in &stats.workers {
+                        let c = &w.servers[si][vi];
+                        out.connects += c.connects.get();
+                        out.failed_connects += c.failed_connects.get();
+                        out.bytes_in += c.bytes_in.get();
+                        out.bytes_out += c.bytes_out.get();
+                        c.connect_time.sum_into(&mut out.connect_time);
+                    }
+                    out
+                })
+                .collect();
+            s
+        })
+        .collect();
+    Snapshot {
+        uptime: stats.started.elapsed(),
+        active: stats.active_total.load(Relaxed),
+        max_conns: stats.max_conns,
+        workers: stats.workers.len(),
+        services,
+    }
+}
