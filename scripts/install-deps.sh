@@ -66,6 +66,8 @@ if [ "$mode" = all ]; then
   need_cmd redis-cli redis-tools
   need_cmd haproxy haproxy
   need_cmd python3 python3
+  need_cmd promtool prometheus # promtool validates /metrics and the alert rules
+  need_cmd chromium chromium   # headless check of the status page
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
@@ -101,7 +103,7 @@ else
 
   # Belt and braces for machines where the policy file was not honoured: stop and disable the
   # services this run installed, so nothing (notably nginx on :80) keeps running or starts at boot.
-  for svc in nginx redis-server haproxy iperf3; do
+  for svc in nginx redis-server haproxy iperf3 prometheus; do
     case " ${missing[*]} " in *" $svc "*) ;; *) continue ;; esac
     "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
     if have systemctl; then "${SUDO[@]}" systemctl disable --quiet "$svc" >/dev/null 2>&1 || true; fi

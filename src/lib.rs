@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) parses the command line and signals; everything else lives in
 //! this library so integration tests can start a balancer in-process.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod health;

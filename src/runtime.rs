@@ -55,9 +55,12 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// Every listener as bound, port 0 resolved: (service name, address).
     pub listening: Vec<(String, SocketAddr)>,
+    /// The admin endpoint's bound address (port 0 resolved), when `admin` is set.
+    pub admin_addr: Option<SocketAddr>,
     workers: Vec<(WorkerLink, JoinHandle<io::Result<()>>)>,
     health: HealthLink,
     health_thread: Option<JoinHandle<()>>,
+    admin: Option<crate::admin::AdminHandle>,
 }
 
 /// Binds everything and starts the threads.
@@ -86,6 +89,20 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
+    // The admin listener and token are checked before any thread starts, so every start-up
+    // failure leaves nothing running.
+    let admin =
+        match config.admin {
+            None => None,
+            Some(addr) => {
+                let token = config.admin_token.as_deref().map(read_token).transpose()?;
+                let listener = net::bind_listener(&ListenAddr::Addr(addr), false).map_err(|error| {
+                    StartError::Bind { service: "admin".into(), addr: ListenAddr::Addr(addr), error }
+                })?;
+                Some((listener, token))
+            }
+        };
+
     let io_err = |what| move |error| StartError::Io { what, error };
     let (health_thread, health_link) =
         health::prepare(Arc::clone(&config), Arc::clone(&stats)).map_err(io_err("health poll"))?;
@@ -106,8 +123,40 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         links.push(link.clone());
         handles.push((link, handle));
     }
-    let health_handle = health_thread.spawn(links).map_err(io_err("health thread"))?;
-    Ok(Running { config, stats, listening, workers: handles, health: health_link, health_thread: Some(health_handle) })
+    let health_handle = health_thread.spawn(links.clone()).map_err(io_err("health thread"))?;
+    let mut running = Running {
+        config: Arc::clone(&config),
+        stats: Arc::clone(&stats),
+        listening,
+        admin_addr: None,
+        workers: handles,
+        health: health_link,
+        health_thread: Some(health_handle),
+        admin: None,
+    };
+    if let Some((listener, token)) = admin {
+        running.admin_addr = listener.local_addr().ok();
+        let ctx = crate::admin::Context {
+            config: Arc::clone(&config),
+            stats: Arc::clone(&stats),
+            listening: running.listening.clone(),
+            control: running.control(),
+            token,
+        };
+        running.admin = Some(crate::admin::spawn(listener, ctx).map_err(io_err("admin thread"))?);
+    }
+    Ok(running)
+}
+
+/// The admin token: the file's content without surrounding white space; never logged.
+fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    let what = "admin_token";
+    let raw = std::fs::read(path).map_err(|error| StartError::Io { what, error })?;
+    let token = raw.trim_ascii().to_vec();
+    if token.is_empty() {
+        return Err(StartError::Io { what, error: io::Error::other(format!("{} is empty", path.display())) });
+    }
+    Ok(token)
 }
 
 /// Descriptors kept aside for everything that is not a proxied socket: stdio, epoll and waker
@@ -185,6 +234,9 @@ impl Running {
             }
         }
         self.health.send(HealthMsg::Stop);
+        if let Some(mut admin) = self.admin.take() {
+            admin.stop();
+        }
         if let Some(h) = self.health_thread.take() {
             let _ = h.join();
         }

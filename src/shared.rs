@@ -58,6 +58,8 @@ pub struct ServerStats {
     /// Connections open to this server now, over all workers (read by leastconn and
     /// `maxconn`, so it cannot be a per-worker counter).
     pub active: AtomicU64,
+    /// Active probes finished (health thread is the only writer).
+    pub checks: AtomicU64,
     /// Written only by the health thread, read by the admin thread: never on the data path.
     pub last_check: Mutex<CheckOutcome>,
 }

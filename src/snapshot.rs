@@ -46,6 +46,8 @@ pub struct ServerSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connect_time: HistogramSnapshot,
+    /// Active probes finished.
+    pub checks: u64,
     pub last_check: CheckOutcome,
 }
 
@@ -132,6 +134,7 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                         bytes_in: 0,
                         bytes_out: 0,
                         connect_time: HistogramSnapshot::default(),
+                        checks: shared.checks.load(Relaxed),
                         last_check: shared.last_check.lock().map(|c| c.clone()).unwrap_or_default(),
                     };
                     for w in &stats.workers {

@@ -1,114 +1,16 @@
 //! In-process integration tests: the balancer runs as a library in this process, backends are
 //! real sockets on loopback served by threads, clients are std TcpStreams.
 
-use shunt::config::{Balance, Bind, Check, CheckKind, Config, ListenAddr, Server, Service};
+mod support;
+
+use shunt::config::{Check, CheckKind};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
-    Service {
-        name: "svc".into(),
-        line: 1,
-        binds: vec![Bind { addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()), line: 2 }],
-        balance: Balance::RoundRobin,
-        servers: servers
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, addr, weight))| Server {
-                name: name.into(),
-                addr,
-                weight,
-                backup: false,
-                disabled: false,
-                maxconn: None,
-                line: 3 + i,
-            })
-            .collect(),
-        check: Check::default(),
-        retries: 3,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(60),
-        max_conns: None,
-        splice: true,
-    }
-}
-
-fn config(services: Vec<Service>) -> Config {
-    Config {
-        path: PathBuf::from("test.conf"),
-        workers: 1,
-        max_conns: 10_000,
-        admin: None,
-        admin_token: None,
-        drain_timeout: Duration::from_secs(5),
-        log_level: log::LevelFilter::Info,
-        services,
-    }
-}
-
-/// Echo backend: writes back everything, passes half-close on (FIN after the echo).
-fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&count);
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    (addr, count)
-}
-
-/// Backend that answers every connection with its name and closes.
-fn name_server(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let _ = s.write_all(name.as_bytes());
-        }
-    });
-    addr
-}
-
-fn start(c: Config) -> (shunt::Running, SocketAddr) {
-    let r = shunt::start(c).expect("start");
-    let addr = r.listening[0].1;
-    (r, addr)
-}
-
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut v = Vec::new();
-    s.read_to_end(&mut v).unwrap();
-    v
-}
-
-fn stop(r: shunt::Running) {
-    r.control().drain(Instant::now() + Duration::from_secs(5));
-    r.wait().unwrap();
-}
+use support::*;
 
 #[test]
 fn echo_round_trip_splice_and_copy() {
@@ -168,15 +70,6 @@ fn dead_server_is_retried_without_client_error() {
     stop(r);
 }
 
-/// Polls `f` every 5 ms until it holds; panics with `what` after `limit`.
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn server_half_close_first_client_keeps_sending() {
     // The server greets, sends FIN, then still reads the client's upload to the end.
@@ -231,41 +124,6 @@ fn many_concurrent_clients_get_their_own_bytes() {
     }
     wait_for(Duration::from_secs(5), "all sessions closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
     stop(r);
-}
-
-/// HTTP backend whose /health answers 200 while `healthy` is set, 503 otherwise; any other
-/// request gets the backend's name.
-fn http_server(name: &'static str, healthy: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let healthy = Arc::clone(&healthy);
-            thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let reply = if req.starts_with("GET /health") {
-                    if healthy.load(Ordering::SeqCst) {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
-                    } else {
-                        "HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".to_string()
-                    }
-                } else {
-                    name.to_string()
-                };
-                let _ = s.write_all(reply.as_bytes());
-            });
-        }
-    });
-    addr
-}
-
-fn fetch(addr: SocketAddr) -> String {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    String::from_utf8(read_all(&mut c)).unwrap()
 }
 
 #[test]
@@ -336,20 +194,6 @@ fn backup_idle_while_a_regular_server_is_up() {
         assert_eq!(read_all(&mut c), b"live");
     }
     stop(r);
-}
-
-/// A listener whose accept queue is full: further SYNs are dropped, so connects to it hang
-/// like connects to a black-holed host.
-fn black_hole() -> (socket2::Socket, TcpStream, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let filler = TcpStream::connect(addr).unwrap();
-    // Make sure the queue is really full: one more connect must not complete quickly.
-    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-    assert!(probe.is_err(), "accept queue not full, cannot simulate a black hole");
-    (s, filler, addr)
 }
 
 #[test]

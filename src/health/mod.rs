@@ -229,7 +229,9 @@ impl HealthThread {
             Verdict::Fail(why) => (false, why.clone()),
         };
         debug!("health: {} probe {}: {detail} ({duration_us}us)", t.label, if ok { "passed" } else { "failed" });
-        if let Ok(mut last) = self.stats.server(t.id).last_check.lock() {
+        let shared = self.stats.server(t.id);
+        shared.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut last) = shared.last_check.lock() {
             *last = CheckOutcome { ok: Some(ok), detail: detail.clone(), duration_us };
         }
         self.record(i, ok, &detail);
