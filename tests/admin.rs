@@ -309,3 +309,52 @@ fn a_slowloris_client_is_cut_off_at_the_read_deadline() {
     assert!(answer.is_empty() || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
     stop(r);
 }
+
+fn promtool(args: &[&str]) -> String {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf"))
+        .output()
+        .expect("promtool is installed by scripts/install-deps.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn shipped_prometheus_config_alerts_and_dashboard_are_valid_and_use_real_metrics() {
+    promtool(&["check", "config", "prometheus.yml"]);
+    promtool(&["check", "rules", "shunt-alerts.yml"]);
+    promtool(&["test", "rules", "shunt-alerts.test.yml"]);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}grafana-dashboard.json")).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    exprs.push(std::fs::read_to_string(format!("{dir}shunt-alerts.yml")).unwrap());
+    // Every shunt_* name they use must be a series that a live shunt exposes.
+    let (echo, _) = echo_server();
+    let (r, _addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), None);
+    let (_, live) = get(admin, "/metrics");
+    let exposed: std::collections::HashSet<&str> =
+        live.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let mut used = 0;
+    for text in &exprs {
+        for (i, _) in text.match_indices("shunt_") {
+            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if name.starts_with("shunt_")
+                && !name.starts_with("shunt-")
+                && text[..i].ends_with(|c: char| !c.is_alphanumeric())
+            {
+                assert!(exposed.contains(name.as_str()), "{name} is used by conf/ but not exposed");
+                used += 1;
+            }
+        }
+    }
+    assert!(used > 15, "found only {used} metric references");
+    stop(r);
+}
