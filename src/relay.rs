@@ -6,6 +6,7 @@
 //! sockets. A full channel stops reading from the source: memory per connection is bounded by
 //! one pipe or one buffer per direction, whatever the peers do.
 
+use crate::config::Splice;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -19,6 +20,8 @@ pub const BUF_SIZE: usize = 16 * 1024;
 const POOL_MAX_IDLE: usize = 256;
 /// Fill/drain rounds one flow may run per worker turn (up to 64 x 64 KiB = 4 MiB with splice).
 const TURN_BUDGET: usize = 64;
+/// A splice at least this large keeps a flow on the splice path.
+const BULK_SPLICE: usize = 4096;
 
 /// A kernel pipe used as a splice(2) intermediary.
 pub struct Pipe {
@@ -73,8 +76,8 @@ pub struct Pools {
 impl Pools {
     /// A pipe when `splice` is wanted and one can be had; otherwise a buffer. Running out of
     /// descriptors for a pipe degrades to the copy path instead of failing the session.
-    fn take(&mut self, splice: bool) -> Channel {
-        if splice {
+    fn take(&mut self, pipe: bool) -> Channel {
+        if pipe {
             if let Some(p) = self.pipes.pop() {
                 self.pipes_lent += 1;
                 return Channel::Pipe(p);
@@ -113,11 +116,14 @@ impl Pools {
 }
 
 /// Our own view of a socket's readiness (edge-triggered epoll reports each edge once).
-/// A flag is set by an event and cleared only when a call returns WouldBlock.
+/// A flag is set by an event and cleared when a call returns WouldBlock or a short count.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ready {
     pub readable: bool,
     pub writable: bool,
+    /// epoll reported the peer's FIN or an error (sticky): reads must go on until they return
+    /// EOF or the error, whatever a short read suggests.
+    pub closed: bool,
 }
 
 /// Which end of a flow failed.
@@ -143,6 +149,8 @@ pub struct Flow {
     /// The last `pump` stopped on its turn budget with work left: edge-triggered epoll will
     /// not say so again, so the worker must come back to this flow by itself.
     pub yielded: bool,
+    /// The flow is moving bulk data: the next channel it takes is a pipe (with `splice on`).
+    bulk: bool,
 }
 
 impl Flow {
@@ -164,7 +172,7 @@ impl Flow {
         src_ready: &mut Ready,
         dst_ready: &mut Ready,
         pools: &mut Pools,
-        splice: bool,
+        splice: Splice,
     ) -> Result<usize, FlowError> {
         let mut delivered = 0;
         self.yielded = false;
@@ -180,6 +188,11 @@ impl Flow {
                 let chan = self.chan.as_mut().expect("invariant: pending > 0 implies a channel");
                 match drain(chan, dst, self.pending) {
                     Ok(n) => {
+                        // A short write means the socket buffer is full: the kernel reports
+                        // writability again when it drains, so skip the EAGAIN round trip.
+                        if n < self.pending {
+                            dst_ready.writable = false;
+                        }
                         self.pending -= n;
                         delivered += n;
                         progress = n > 0;
@@ -190,15 +203,36 @@ impl Flow {
                 }
             }
             if !self.src_eof && src_ready.readable && self.pending < capacity(self.chan.as_ref()) {
-                let chan = self.chan.get_or_insert_with(|| pools.take(splice));
+                let want_pipe = match splice {
+                    Splice::Always => true,
+                    Splice::Auto => self.bulk,
+                    Splice::Off => false,
+                };
+                let chan = self.chan.get_or_insert_with(|| pools.take(want_pipe));
                 match fill(chan, src, self.pending) {
-                    Ok(0) => {
+                    Ok((0, _)) => {
                         self.src_eof = true;
                         progress = true;
                     }
-                    Ok(n) => {
+                    Ok((n, asked)) => {
                         self.pending += n;
                         progress = true;
+                        match chan {
+                            Channel::Buf(_) => {
+                                // A read that fills the whole buffer is a bulk transfer: the
+                                // next channel is a pipe (with `splice on`).
+                                self.bulk = n == BUF_SIZE;
+                                // A short read drained the socket (TCP reads return what is
+                                // queued): new data raises a new edge. Unless the peer already
+                                // closed: then the EOF is queued too and must be read now.
+                                if n < asked && !src_ready.closed {
+                                    src_ready.readable = false;
+                                }
+                            }
+                            // Small splices mean small messages again: back to the copy path
+                            // once this pipe is empty.
+                            Channel::Pipe(_) => self.bulk = n >= BULK_SPLICE,
+                        }
                     }
                     // A splice into a pipe that still holds bytes can fail for lack of pipe
                     // slots rather than of socket data: keep the flag, retry after a drain.
@@ -258,9 +292,10 @@ fn capacity(chan: Option<&Channel>) -> usize {
     }
 }
 
-fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<usize> {
+/// Reads into the channel: `(bytes read, bytes asked for)`.
+fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<(usize, usize)> {
     match chan {
-        Channel::Pipe(p) => splice(src, p.write.as_raw_fd(), PIPE_SIZE - pending),
+        Channel::Pipe(p) => splice(src, p.write.as_raw_fd(), PIPE_SIZE - pending).map(|n| (n, PIPE_SIZE - pending)),
         Channel::Buf(b) => {
             if b.start == b.end {
                 b.start = 0;
@@ -275,7 +310,7 @@ fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<usize> {
             let n = unsafe { libc::read(src, room.as_mut_ptr().cast(), room.len()) };
             let n = cvt(n)?;
             b.end += n;
-            Ok(n)
+            Ok((n, room.len()))
         }
     }
 }

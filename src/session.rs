@@ -6,6 +6,7 @@
 //! `Connecting` (a backend connect is in flight; client bytes wait in the client's socket, so a
 //! retry on another server is always safe) → `Streaming` → closed by the worker.
 
+use crate::config::Splice;
 use crate::logs::Cause;
 use crate::relay::{Flow, FlowError, Pools, Ready};
 use crate::token::Side;
@@ -57,7 +58,7 @@ pub struct Session {
     pub timer_armed: Option<Instant>,
     /// A side that reset or failed: the flow out of it is being flushed, then we close.
     aborted: Option<Side>,
-    splice: bool,
+    splice: Splice,
     /// The worker closed it during this event batch; its slot is freed after the batch so
     /// events still queued for it cannot reach a new session in the same slot.
     pub closed: bool,
@@ -69,7 +70,7 @@ impl Session {
         service: usize,
         client: TcpStream,
         client_addr: SocketAddr,
-        splice: bool,
+        splice: Splice,
         now: Instant,
     ) -> Session {
         Session {
@@ -82,7 +83,7 @@ impl Session {
             tried: Vec::new(),
             phase: Phase::Connecting { since: now },
             // A fresh socket may already hold bytes: assume readable until a read says otherwise.
-            client_ready: Ready { readable: true, writable: true },
+            client_ready: Ready { readable: true, writable: true, closed: false },
             backend_ready: Ready::default(),
             up: Flow::default(),
             down: Flow::default(),
@@ -98,13 +99,14 @@ impl Session {
 
     /// Records what epoll reported. Closed and error bits only mean "try the call": the result
     /// of the read or write is the truth.
-    pub fn note(&mut self, side: Side, readable: bool, writable: bool) {
+    pub fn note(&mut self, side: Side, readable: bool, writable: bool, closed: bool) {
         let r = match side {
             Side::Client => &mut self.client_ready,
             Side::Backend => &mut self.backend_ready,
         };
         r.readable |= readable;
         r.writable |= writable;
+        r.closed |= closed;
     }
 
     /// A new connect attempt started on `backend` towards `server`.
@@ -121,7 +123,7 @@ impl Session {
             self.connect_time = Some(now.saturating_duration_since(since));
         }
         self.phase = Phase::Streaming;
-        self.backend_ready = Ready { readable: true, writable: true };
+        self.backend_ready = Ready { readable: true, writable: true, closed: self.backend_ready.closed };
         self.last_active = now;
     }
 

@@ -194,9 +194,10 @@ impl Worker {
                         }
                     }
                     Kind::Session(slot, side) => {
-                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        let closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || closed;
                         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                        self.on_session_event(slot, side, readable, writable, now);
+                        self.on_session_event(slot, side, readable, writable, closed, now);
                     }
                 }
             }
@@ -492,14 +493,22 @@ impl Worker {
 
     // ---- streaming ----
 
-    fn on_session_event(&mut self, slot: usize, side: Side, readable: bool, writable: bool, now: Instant) {
+    fn on_session_event(
+        &mut self,
+        slot: usize,
+        side: Side,
+        readable: bool,
+        writable: bool,
+        closed: bool,
+        now: Instant,
+    ) {
         let Some(session) = self.sessions.get_mut(slot) else {
             return;
         };
         if session.closed {
             return;
         }
-        session.note(side, readable, writable);
+        session.note(side, readable, writable, closed);
         match session.phase {
             Phase::Connecting { .. } if side == Side::Backend => self.check_connect(slot, now),
             // Client bytes wait in the client socket until a server is connected.

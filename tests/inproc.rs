@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use support::*;
 
 #[test]
-fn echo_round_trip_splice_and_copy() {
-    for splice in [true, false] {
+fn echo_round_trip_every_splice_mode() {
+    use shunt::config::Splice;
+    for splice in [Splice::Auto, Splice::Always, Splice::Off] {
         let (echo, _) = echo_server();
         let mut svc = service(vec![("e", echo, 1)]);
         svc.splice = splice;
@@ -29,8 +30,8 @@ fn echo_round_trip_splice_and_copy() {
         });
         let got = read_all(&mut c);
         writer.join().unwrap();
-        assert_eq!(got.len(), payload.len(), "splice={splice}");
-        assert!(got == payload, "byte-exact, splice={splice}");
+        assert_eq!(got.len(), payload.len(), "splice={splice:?}");
+        assert!(got == payload, "byte-exact, splice={splice:?}");
         stop(r);
     }
 }

@@ -59,8 +59,23 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Per-service cap on proxied connections (`max_conns N` inside a service); `None` = no cap.
     pub max_conns: Option<usize>,
-    /// `splice on|off`: move plain TCP with splice(2) (default) or through userspace buffers.
-    pub splice: bool,
+    /// `splice on|off|always`: how plain TCP moves (see [`Splice`]).
+    pub splice: Splice,
+}
+
+/// How a service moves plain TCP bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Splice {
+    /// `on` (default): bulk transfers move with splice(2) through a pipe, never entering
+    /// userspace; a flow starts on the copy path and switches once a read fills a whole buffer,
+    /// and switches back when its messages are small again. Small messages are cheaper to copy
+    /// (two syscalls) than to splice (three: the pipe adds a hop).
+    #[default]
+    Auto,
+    /// `always`: every byte moves with splice(2).
+    Always,
+    /// `off`: every byte moves through fixed userspace buffers.
+    Off,
 }
 
 /// A listening address.

@@ -18,7 +18,7 @@ use super::lexer::{
     self, admin_addr, check_name, duration, http_path, is_hostname, listen_addr, method, not_ip, number, parse_ip,
     show, status, Line, Token,
 };
-use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service};
+use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice};
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
 const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice"];
@@ -116,7 +116,7 @@ impl Block {
                 connect_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(600),
                 max_conns: None,
-                splice: true,
+                splice: Splice::Auto,
             },
             seen: Vec::new(),
             named: false,
@@ -360,10 +360,11 @@ fn set_policy(svc: &mut Service, kw: &str, a: &[Token]) -> Res<()> {
         "retries" => svc.retries = number("", one(a, "retries N")?, 0, MAX_RETRIES)? as u32,
         "max_conns" => svc.max_conns = Some(number("", one(a, "max_conns N")?, 1, MAX_COUNT)? as usize),
         "splice" => {
-            svc.splice = match one(a, "splice on|off")? {
-                "on" => true,
-                "off" => false,
-                v => return Err(choice("value", v, &["on", "off"])),
+            svc.splice = match one(a, "splice on|off|always")? {
+                "on" => Splice::Auto,
+                "always" => Splice::Always,
+                "off" => Splice::Off,
+                v => return Err(choice("value", v, &["on", "off", "always"])),
             }
         }
         _ => return Err(unknown(kw, Some(&svc.name))),

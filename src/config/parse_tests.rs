@@ -119,7 +119,7 @@ service s
     cache.idle_timeout = Duration::from_secs(3600);
     cache.connect_timeout = Duration::from_millis(100);
     cache.max_conns = Some(500);
-    cache.splice = false;
+    cache.splice = Splice::Off;
     let mut api = svc("api_1", 33, &[(addr("[::]:80"), 34), (ListenAddr::Any(81), 35)]);
     api.balance = Balance::First;
     api.servers = vec![srv("a", "10.0.0.1:80", 37)];
@@ -176,7 +176,7 @@ fn defaults() {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(600),
         max_conns: None,
-        splice: true,
+        splice: Splice::Auto,
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -368,7 +368,7 @@ error_cases! {
     log_unknown_level: ok!("log inf\n" +)
         => 1, r#"unknown level "inf": expected one of error, warn, info, debug, trace (did"#;
     balance_unknown: ok!(+ "balance leastconns\n") => 4, r#"did you mean "leastconn"?"#;
-    splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off";
+    splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off, always";
     timeout_unknown_kind: ok!(+ "timeout read 1s\n")
         => 4, r#"unknown kind "read": expected one of connect, idle"#;
     check_unknown_kind: ok!(+ "check tpc\n") => 4, r#"(did you mean "tcp"?)"#;
