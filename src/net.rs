@@ -41,6 +41,9 @@ pub fn bind_listener(addr: &ListenAddr, reuse_port: bool) -> io::Result<std::net
         socket.set_reuse_port(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt per listener
+    // instead of one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&SockAddr::from(sa))?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
