@@ -44,9 +44,13 @@ impl Balancer {
     /// this connection already failed to reach). `None` when no server can take it.
     pub fn pick<C: Candidate>(&mut self, servers: &[C], client: IpAddr, tried: &[usize]) -> Option<usize> {
         debug_assert_eq!(servers.len(), self.current.len());
-        // Backups stand in only while no regular server is available at all; a regular server
-        // that is merely full (maxconn) or already tried does not hand traffic to the backups.
-        let use_backup = !servers.iter().any(|s| !s.backup() && s.available() && s.weight() > 0);
+        // Backups stand in while no regular server is available, or every available one already
+        // failed this connection (the health verdict may still be on its way). A regular server
+        // that is merely full (maxconn) does not hand its traffic to the backups.
+        let use_backup = !servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !s.backup() && s.available() && s.weight() > 0 && !tried.contains(&i));
         let eligible = |i: usize, s: &C| {
             s.backup() == use_backup && s.available() && s.weight() > 0 && s.has_room() && !tried.contains(&i)
         };
@@ -244,6 +248,15 @@ mod tests {
         assert_eq!(picks(&mut b, &servers, 3), vec![2, 2, 2]);
         servers[1].up = true;
         assert_eq!(picks(&mut b, &servers, 2), vec![1, 1]);
+    }
+
+    #[test]
+    fn backups_take_over_when_every_regular_server_failed_this_connection() {
+        let servers = vec![s(1), s(1), S { backup: true, ..s(1) }];
+        let mut b = Balancer::new(Balance::RoundRobin, 3);
+        assert_eq!(b.pick(&servers, CLIENT, &[0]), Some(1), "a regular server is still untried");
+        assert_eq!(b.pick(&servers, CLIENT, &[0, 1]), Some(2), "then the backup");
+        assert_eq!(b.pick(&servers, CLIENT, &[0, 1, 2]), None);
     }
 
     #[test]

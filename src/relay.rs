@@ -20,7 +20,7 @@ pub const BUF_SIZE: usize = 16 * 1024;
 const POOL_MAX_IDLE: usize = 256;
 /// Fill/drain rounds one flow may run per worker turn (up to 64 x 64 KiB = 4 MiB with splice).
 const TURN_BUDGET: usize = 64;
-/// A splice at least this large keeps a flow on the splice path.
+/// Reads and splices smaller than this (and than the room offered) mark small messages.
 const BULK_SPLICE: usize = 4096;
 
 /// A kernel pipe used as a splice(2) intermediary.
@@ -196,6 +196,13 @@ impl Flow {
                         self.pending -= n;
                         delivered += n;
                         progress = n > 0;
+                        // An empty channel goes back at once, so the next fill can take the
+                        // kind the flow now wants (a bulk flow leaves the copy path here).
+                        if self.pending == 0 {
+                            if let Some(chan) = self.chan.take() {
+                                pools.give(chan);
+                            }
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
@@ -219,9 +226,14 @@ impl Flow {
                         progress = true;
                         match chan {
                             Channel::Buf(_) => {
-                                // A read that fills the whole buffer is a bulk transfer: the
-                                // next channel is a pipe (with `splice on`).
-                                self.bulk = n == BUF_SIZE;
+                                // A read that fills all the room it was offered is a bulk
+                                // transfer: the next channel is a pipe (with `splice on`). A
+                                // clearly small read ends it.
+                                if n == asked {
+                                    self.bulk = true;
+                                } else if n < BULK_SPLICE {
+                                    self.bulk = false;
+                                }
                                 // A short read drained the socket (TCP reads return what is
                                 // queued): new data raises a new edge. Unless the peer already
                                 // closed: then the EOF is queued too and must be read now.
@@ -230,8 +242,13 @@ impl Flow {
                                 }
                             }
                             // Small splices mean small messages again: back to the copy path
-                            // once this pipe is empty.
-                            Channel::Pipe(_) => self.bulk = n >= BULK_SPLICE,
+                            // once this pipe is empty. (A nearly full pipe only offers a little
+                            // room; a small splice into it says nothing.)
+                            Channel::Pipe(_) => {
+                                if n < BULK_SPLICE && n < asked {
+                                    self.bulk = false;
+                                }
+                            }
                         }
                     }
                     // A splice into a pipe that still holds bytes can fail for lack of pipe

@@ -280,10 +280,10 @@ impl Worker {
         }
         self.drain_deadline = Some(deadline);
         info!(
-            "worker {}: draining {} live session(s) for up to {}s",
+            "worker {}: draining {} live session(s) for up to {:.1}s",
             self.index,
             self.sessions.len(),
-            deadline.saturating_duration_since(now).as_secs()
+            deadline.saturating_duration_since(now).as_secs_f64()
         );
     }
 

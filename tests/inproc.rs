@@ -304,3 +304,20 @@ fn sigterm_style_drain_lets_live_sessions_finish() {
     assert_eq!(read_all(&mut live), b"");
     r.wait().unwrap();
 }
+
+#[test]
+fn backup_serves_a_connection_whose_every_regular_server_just_failed() {
+    // The only regular server dies; before any health verdict, the backup must already take
+    // the connection that found it dead (retries allow it), not fail the client.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let spare = name_server("spare");
+    let mut svc = service(vec![("dead", dead, 1), ("spare", spare, 1)]);
+    svc.servers[1].backup = true;
+    svc.check = Check { kind: CheckKind::None, fall: 3, ..Check::default() };
+    let (r, addr) = start(config(vec![svc]));
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        assert_eq!(read_all(&mut c), b"spare");
+    }
+    stop(r);
+}

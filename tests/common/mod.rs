@@ -364,6 +364,38 @@ impl Shunt {
         sockets_in_state(self.pid(), state)
     }
 
+    /// Lines of the log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+    }
+
+    /// Waits until the log has a line containing `needle` and returns the first such line.
+    /// Panics (with the log) after `timeout`, or at once if shunt exits meanwhile.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_count(needle, 1, timeout).remove(0)
+    }
+
+    /// Waits until at least `n` lines of the log contain `needle`; returns those lines.
+    pub fn wait_log_count(&mut self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= n {
+                return lines;
+            }
+            if let Some(st) = self.try_status() {
+                panic!("shunt exited ({}) while waiting for {n} log line(s) with {needle:?}", Proc::describe(st));
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {n} log line(s) with {needle:?} (have {})",
+                    lines.len()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Replaces the conf file (for SIGHUP / POST /reload tests); does not signal.
     pub fn write_conf(&self, conf: &str) {
         fs::write(&self.conf_path, conf).expect("write conf");
@@ -424,10 +456,25 @@ pub fn conf_listen_ports(conf: &str) -> Vec<u16> {
 /// A shunt process started with `conf` but not waited for: for tests of start-up failures.
 /// `env` is added to the environment; `RUST_LOG` is removed unless `env` sets it.
 pub fn spawn_shunt_with(bin: &Path, conf: &str, env: &[(&str, &str)]) -> Shunt {
+    spawn_shunt_cmd(&[], bin, conf, env)
+}
+
+/// [`spawn_shunt_with`] behind a wrapper command that execs shunt in place, e.g.
+/// `["prlimit", "--nofile=128:128", "--"]` or `["ip", "netns", "exec", NS]`: the pid is then
+/// shunt's own, so [`Shunt::wait_ready`], [`fd_count`] and friends see shunt. (A wrapper that
+/// forks instead, like strace, gets the wrapper's pid: see [`child_pids`].)
+pub fn spawn_shunt_cmd(wrapper: &[&str], bin: &Path, conf: &str, env: &[(&str, &str)]) -> Shunt {
     let dir = TempDir::new("shunt");
     let conf_path = dir.join("shunt.conf");
     fs::write(&conf_path, conf).expect("write conf");
-    let mut cmd = Command::new(bin);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.arg("-c").arg(&conf_path).current_dir(dir.path());
     // The conf's `log` level decides unless a test asks otherwise; a developer's RUST_LOG must
     // not change what the tests see.
@@ -448,6 +495,14 @@ pub fn start_shunt(conf: &str) -> Shunt {
 /// [`start_shunt`] with extra environment variables, e.g. `&[("RUST_LOG", "debug")]`.
 pub fn start_shunt_env(conf: &str, env: &[(&str, &str)]) -> Shunt {
     start_shunt_with(&shunt_bin(), conf, env)
+}
+
+/// [`start_shunt`] behind an exec-in-place wrapper (see [`spawn_shunt_cmd`]), waiting until
+/// every listener is up.
+pub fn start_shunt_wrapped(wrapper: &[&str], conf: &str) -> Shunt {
+    let mut s = spawn_shunt_cmd(wrapper, &shunt_bin(), conf, &[]);
+    s.wait_ready(conf);
+    s
 }
 
 /// [`start_shunt`] with another binary (the harness's self-test uses a stand-in).
@@ -661,6 +716,27 @@ pub struct Nginx {
     pub dir: TempDir,
 }
 
+/// Options of [`Nginx::start_opts`].
+#[derive(Clone, Copy, Debug)]
+pub struct NginxOpts<'a> {
+    /// 0: a free port.
+    pub port: u16,
+    pub name: &'a str,
+    /// Size of /big.
+    pub big_len: usize,
+    /// The status `GET /health` answers (200 by default; 503 makes an unhealthy server).
+    pub health_status: u16,
+    /// Run inside this network namespace (`ip netns exec NS nginx ...`); it listens on the
+    /// namespace's own 127.0.0.1.
+    pub netns: Option<&'a str>,
+}
+
+impl Default for NginxOpts<'_> {
+    fn default() -> Self {
+        NginxOpts { port: 0, name: "nginx", big_len: 1 << 20, health_status: 200, netns: None }
+    }
+}
+
 impl Nginx {
     /// On a free port, with a 1 MiB /big.
     pub fn start(name: &str) -> Nginx {
@@ -668,6 +744,13 @@ impl Nginx {
     }
 
     pub fn start_on(port: u16, name: &str, big_len: usize) -> Nginx {
+        Nginx::start_opts(NginxOpts { port, name, big_len, ..NginxOpts::default() })
+    }
+
+    /// With every option of [`NginxOpts`]: another `/health` status, inside a network namespace.
+    pub fn start_opts(opts: NginxOpts<'_>) -> Nginx {
+        let NginxOpts { port, name, big_len, health_status, netns } = opts;
+        let port = if port == 0 { free_port() } else { port };
         assert!(Path::new(NGINX).is_file(), "nginx not found at {NGINX}: run scripts/install-deps.sh (as root)");
         assert!(
             name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
@@ -696,7 +779,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "{name}\n"; }}
-        location = /health {{ return 200 "ok\n"; }}
+        location = /health {{ return {health_status} "ok\n"; }}
         location = /big {{ alias {big}; }}
     }}
 }}
@@ -706,7 +789,15 @@ http {{
         let conf_path = dir.join("nginx.conf");
         fs::write(&conf_path, conf).expect("write nginx.conf");
 
-        let mut cmd = Command::new(NGINX);
+        let mut cmd = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs nginx in place: the pid stays nginx's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, NGINX]);
+                c
+            }
+            None => Command::new(NGINX),
+        };
         cmd.arg("-g")
             .arg("daemon off; master_process off;")
             .arg("-p")
@@ -782,7 +873,27 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
+    /// Note: the server keeps a clone of every accepted stream (for [`TcpServer::close_all`]),
+    /// so a handler that merely drops its stream sends neither FIN nor RST: it must
+    /// `shutdown` it. Use [`TcpServer::start_unheld`] for handlers whose close must count.
     pub fn start<F>(handler: F) -> TcpServer
+    where
+        F: Fn(TcpStream, &ServerStats) + Send + Sync + 'static,
+    {
+        TcpServer::start_opt(true, handler)
+    }
+
+    /// Like [`TcpServer::start`], but keeps no clone of the accepted streams: when the handler
+    /// drops its stream the socket really closes (with RST if it set `SO_LINGER` 0). Drop and
+    /// `close_all` cannot end such connections, so the handler must end by itself (timeouts).
+    pub fn start_unheld<F>(handler: F) -> TcpServer
+    where
+        F: Fn(TcpStream, &ServerStats) + Send + Sync + 'static,
+    {
+        TcpServer::start_opt(false, handler)
+    }
+
+    fn start_opt<F>(hold: bool, handler: F) -> TcpServer
     where
         F: Fn(TcpStream, &ServerStats) + Send + Sync + 'static,
     {
@@ -801,8 +912,10 @@ impl TcpServer {
                     }
                     let Ok(conn) = conn else { continue };
                     stats.accepted.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(c) = conn.try_clone() {
-                        conns.lock().unwrap().push(c);
+                    if hold {
+                        if let Ok(c) = conn.try_clone() {
+                            conns.lock().unwrap().push(c);
+                        }
                     }
                     let (stats, handler) = (stats.clone(), handler.clone());
                     thread::spawn(move || {
@@ -1001,4 +1114,244 @@ pub fn write_file(dir: &TempDir, name: &str, data: &[u8]) -> PathBuf {
     let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
     f.write_all(data).expect("write file");
     p
+}
+
+// ------------------------------------------------------------------------------------------------
+// More /proc introspection: CPU time, descriptor kinds, children
+// ------------------------------------------------------------------------------------------------
+
+/// User + system CPU time `pid` has used so far (all its threads), from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Open descriptors of `pid` by kind: (sockets, pipes, everything else).
+pub fn fd_kinds(pid: u32) -> (usize, usize, usize) {
+    let (mut sockets, mut pipes, mut other) = (0, 0, 0);
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0, 0);
+    };
+    for fd in dir.flatten() {
+        match fs::read_link(fd.path()) {
+            Ok(t) if t.to_string_lossy().starts_with("socket:") => sockets += 1,
+            Ok(t) if t.to_string_lossy().starts_with("pipe:") => pipes += 1,
+            _ => other += 1,
+        }
+    }
+    (sockets, pipes, other)
+}
+
+/// The direct children of `pid` (every thread's), from /proc/PID/task/*/children.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(c) = fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// The command name of `pid` (/proc/PID/comm), None once it is gone.
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
+}
+
+/// SIGKILLs a process that is not our own child (e.g. shunt under strace) on drop, if it is
+/// still there and still has the command name it had: a pid is not reused while that holds.
+pub struct KillOnDrop {
+    pub pid: u32,
+    comm: Option<String>,
+}
+
+impl KillOnDrop {
+    pub fn new(pid: u32) -> KillOnDrop {
+        KillOnDrop { pid, comm: comm(pid) }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.comm.is_some() && comm(self.pid) == self.comm {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Logs
+// ------------------------------------------------------------------------------------------------
+
+/// The time of day of an env_logger line (`[2025-01-02T03:04:05.678Z WARN  shunt] ...`) in
+/// milliseconds since midnight UTC; None for a line without such a timestamp.
+pub fn log_time_ms(line: &str) -> Option<u64> {
+    let ts = line.strip_prefix('[')?.split_whitespace().next()?;
+    let time = ts.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = time.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    let (sec, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let frac_ms = format!("{frac:0<3}")[..3].parse::<u64>().ok()?;
+    Some(((h.parse::<u64>().ok()? * 60 + m.parse::<u64>().ok()?) * 60 + sec.parse::<u64>().ok()?) * 1000 + frac_ms)
+}
+
+/// Milliseconds from log line `a` to log line `b` (both with timestamps), across midnight too.
+pub fn log_ms_between(a: &str, b: &str) -> i64 {
+    let (ta, tb) = (
+        log_time_ms(a).unwrap_or_else(|| panic!("no timestamp in {a:?}")) as i64,
+        log_time_ms(b).unwrap_or_else(|| panic!("no timestamp in {b:?}")) as i64,
+    );
+    let d = tb - ta;
+    if d < -43_200_000 {
+        d + 86_400_000
+    } else {
+        d
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Streams of generated bytes
+// ------------------------------------------------------------------------------------------------
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Fills `buf` with bytes `offset..offset+buf.len()` of the pseudo-random stream `seed`.
+/// Random access and fast (~GB/s): a writer and a reader of a long transfer generate the same
+/// bytes independently, so neither holds the whole stream. Different seeds give unrelated
+/// streams; a lost, repeated, reordered or foreign chunk shows up at its offset.
+pub fn pattern_fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    let key = splitmix64(seed);
+    let mut pos = offset;
+    let mut i = 0;
+    while i < buf.len() {
+        let word = splitmix64(key ^ (pos / 8)).to_le_bytes();
+        let start = (pos % 8) as usize;
+        let n = (8 - start).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&word[start..start + n]);
+        i += n;
+        pos += n as u64;
+    }
+}
+
+/// Writes `len` bytes of stream `seed` to `w`.
+pub fn write_pattern(w: &mut impl Write, seed: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        pattern_fill(seed, off, &mut buf[..n]);
+        w.write_all(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads `r` to EOF and checks it is exactly `len` bytes of stream `seed`. The error says at
+/// which offset the first difference is, or how long the stream was.
+pub fn expect_pattern(r: &mut impl Read, seed: u64, len: u64) -> Result<(), String> {
+    let mut got = vec![0u8; 256 * 1024];
+    let mut want = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = match r.read(&mut got) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read error after {off} of {len} bytes: {e}")),
+        };
+        if off + n as u64 > len {
+            return Err(format!("more than the {len} bytes sent (at least {})", off + n as u64));
+        }
+        pattern_fill(seed, off, &mut want[..n]);
+        if got[..n] != want[..n] {
+            let i = (0..n).find(|&i| got[i] != want[i]).unwrap();
+            return Err(format!("byte {} differs from stream {seed}'s", off + i as u64));
+        }
+        off += n as u64;
+    }
+    if off != len {
+        return Err(format!("stream ended after {off} of {len} bytes"));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Network namespaces
+// ------------------------------------------------------------------------------------------------
+
+/// A network namespace of the test's own, with `lo` up, deleted on drop (even on panic).
+/// Declare it before the processes that run in it, so they are killed before it goes.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `shunt-e2e-PID-N`. Panics if namespaces cannot be made (the caller decides
+    /// whether that may be skipped; see `SHUNT_SKIP_NETNS`).
+    pub fn new() -> io::Result<Netns> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("shunt-e2e-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        run_ok("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A Command running `argv` inside the namespace.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(argv);
+        c
+    }
+
+    /// Runs `argv` inside the namespace; an error carries its stderr.
+    pub fn exec_ok(&self, argv: &[&str]) -> io::Result<String> {
+        let out = self.command(argv).stdin(Stdio::null()).output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(io::Error::other(format!(
+                "{argv:?} in netns {}: {}: {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+fn run_ok(prog: &str, args: &[&str]) -> io::Result<()> {
+    let out = Command::new(prog).args(args).stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{prog} {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
