@@ -25,25 +25,33 @@ thread_local! {
 /// first line of the next window says how many were dropped.
 pub fn limited_warn(key: &'static str, args: fmt::Arguments<'_>) {
     let now = Instant::now();
-    let verdict = WINDOWS.with(|w| {
-        let mut map = w.borrow_mut();
-        let win = map.entry(key).or_insert(Window { started: now, logged: 0, suppressed: 0 });
-        if now.duration_since(win.started) >= WINDOW {
-            let dropped = win.suppressed;
-            *win = Window { started: now, logged: 1, suppressed: 0 };
-            Some(dropped)
-        } else if win.logged < BURST {
-            win.logged += 1;
-            Some(0)
-        } else {
-            win.suppressed += 1;
-            None
-        }
-    });
+    let verdict = WINDOWS.with(|w| admit(w.borrow_mut().entry(key).or_insert_with(|| Window::new(now)), now));
     match verdict {
         Some(0) => log::warn!("{args}"),
         Some(dropped) => log::warn!("{args} ({dropped} similar message(s) suppressed)"),
         None => {}
+    }
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window { started: now, logged: 0, suppressed: 0 }
+    }
+}
+
+/// Whether one more line fits the window: `Some(lines dropped since the last one logged)`, or
+/// `None` to drop it.
+fn admit(win: &mut Window, now: Instant) -> Option<u64> {
+    if now.duration_since(win.started) >= WINDOW {
+        let dropped = win.suppressed;
+        *win = Window { started: now, logged: 1, suppressed: 0 };
+        Some(dropped)
+    } else if win.logged < BURST {
+        win.logged += 1;
+        Some(0)
+    } else {
+        win.suppressed += 1;
+        None
     }
 }
 
@@ -93,6 +101,17 @@ pub fn term_code(cause: Cause, phase: Phase) -> [char; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_are_limited_per_window_and_counted() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
+        let verdicts: Vec<Option<u64>> = (0..8).map(|_| admit(&mut w, t0)).collect();
+        assert_eq!(verdicts, vec![Some(0), Some(0), Some(0), Some(0), Some(0), None, None, None]);
+        // The next window's first line reports the three dropped ones.
+        assert_eq!(admit(&mut w, t0 + WINDOW), Some(3));
+        assert_eq!(admit(&mut w, t0 + WINDOW), Some(0));
+    }
 
     #[test]
     fn codes() {

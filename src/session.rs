@@ -221,3 +221,216 @@ impl Session {
         self.down.release(pools);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session state machine with real loopback sockets and time passed in: fixtures per
+    //! phase, names `phase_event_outcome`.
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    use std::os::fd::AsRawFd;
+
+    const CONNECT: Duration = Duration::from_secs(2);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// (our non-blocking end, the peer's blocking end)
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (TcpStream::from_std(ours), peer)
+    }
+
+    /// Blocks until `fd` is readable (a readiness check, not a sleep).
+    fn wait_readable(fd: &impl AsRawFd) {
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // why unsafe: poll(2) on one pollfd we own.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        assert_eq!(n, 1, "socket did not become readable");
+    }
+
+    struct Fixture {
+        session: Session,
+        client: std::net::TcpStream,
+        server: std::net::TcpStream,
+        pools: Pools,
+        t0: Instant,
+    }
+
+    fn session_connecting(splice: Splice) -> Fixture {
+        let t0 = Instant::now();
+        let (c, client) = pair();
+        let (b, server) = pair();
+        let mut session = Session::new(7, 0, c, "127.0.0.1:1".parse().unwrap(), splice, t0);
+        session.connecting(b, 0, t0);
+        Fixture { session, client, server, pools: Pools::default(), t0 }
+    }
+
+    fn session_streaming(splice: Splice) -> Fixture {
+        let mut f = session_connecting(splice);
+        f.session.connected(f.t0 + Duration::from_millis(3));
+        f
+    }
+
+    impl Fixture {
+        /// Feeds readiness for both sides and pumps at `now`.
+        fn pump_at(&mut self, now: Instant) -> (Step, usize, usize) {
+            self.session.note(Side::Client, true, true, false);
+            self.session.note(Side::Backend, true, true, false);
+            self.session.pump(now, &mut self.pools)
+        }
+
+        /// As epoll reports it once `side`'s peer sent FIN or RST: readable with RDHUP/ERR.
+        fn pump_after_close(&mut self, side: Side, now: Instant) -> (Step, usize, usize) {
+            self.session.note(side, true, true, true);
+            self.pump_at(now)
+        }
+    }
+
+    #[test]
+    fn connecting_deadline_is_the_connect_timeout() {
+        let f = session_connecting(Splice::Auto);
+        assert_eq!(f.session.phase, Phase::Connecting { since: f.t0 });
+        assert_eq!(f.session.deadline(CONNECT, IDLE), f.t0 + CONNECT);
+    }
+
+    #[test]
+    fn connecting_then_connected_records_connect_time_and_arms_idle() {
+        let f = session_streaming(Splice::Auto);
+        assert_eq!(f.session.phase, Phase::Streaming);
+        assert_eq!(f.session.connect_time, Some(Duration::from_millis(3)));
+        assert_eq!(f.session.deadline(CONNECT, IDLE), f.t0 + Duration::from_millis(3) + IDLE);
+    }
+
+    #[test]
+    fn streaming_bytes_move_and_push_the_idle_deadline_to_now() {
+        for splice in [Splice::Off, Splice::Always] {
+            let mut f = session_streaming(splice);
+            f.client.write_all(b"hello").unwrap();
+            wait_readable(&f.session.client);
+            let later = f.t0 + Duration::from_secs(30);
+            let (step, up, down) = f.pump_at(later);
+            assert_eq!((step, up, down), (Step::Continue, 5, 0), "{splice:?}");
+            let mut buf = [0u8; 5];
+            f.server.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hello");
+            assert_eq!(f.session.deadline(CONNECT, IDLE), later + IDLE);
+            assert_eq!(f.pools.pipes_lent, 0, "an emptied pipe goes back to the pool");
+        }
+    }
+
+    #[test]
+    fn streaming_nothing_moved_keeps_the_idle_deadline() {
+        let mut f = session_streaming(Splice::Auto);
+        let before = f.session.deadline(CONNECT, IDLE);
+        let (step, up, down) = f.pump_at(f.t0 + Duration::from_secs(10));
+        assert_eq!((step, up, down), (Step::Continue, 0, 0));
+        assert_eq!(f.session.deadline(CONNECT, IDLE), before);
+    }
+
+    #[test]
+    fn streaming_client_eof_is_forwarded_as_fin_after_the_data() {
+        let mut f = session_streaming(Splice::Auto);
+        f.client.write_all(b"last words").unwrap();
+        f.client.shutdown(Shutdown::Write).unwrap();
+        wait_readable(&f.session.client);
+        let (step, up, _) = f.pump_after_close(Side::Client, f.t0);
+        assert_eq!(step, Step::Continue, "the other direction is still open");
+        assert_eq!(up, 10);
+        assert!(f.session.up.done());
+        let mut got = Vec::new();
+        f.server.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"last words", "data, then EOF");
+        // The server answers after the client's FIN: the half-closed session still carries it.
+        f.server.write_all(b"reply").unwrap();
+        f.server.shutdown(Shutdown::Write).unwrap();
+        wait_readable(f.session.backend.as_ref().unwrap());
+        let (step, _, down) = f.pump_after_close(Side::Backend, f.t0);
+        assert_eq!((step, down), (Step::Close(Cause::Normal), 5));
+        let mut got = Vec::new();
+        f.client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"reply");
+    }
+
+    #[test]
+    fn streaming_server_reset_flushes_its_bytes_then_closes_as_server_abort() {
+        let mut f = session_streaming(Splice::Off);
+        f.server.write_all(b"partial").unwrap();
+        wait_readable(f.session.backend.as_ref().unwrap());
+        let (step, _, down) = f.pump_at(f.t0);
+        assert_eq!((step, down), (Step::Continue, 7));
+        // Now the server aborts.
+        crate::net::set_linger_zero(&f.server);
+        drop(f.server);
+        wait_readable(f.session.backend.as_ref().unwrap());
+        f.session.note(Side::Backend, true, true, true);
+        let (step, _, _) = f.session.pump(f.t0, &mut f.pools);
+        assert_eq!(step, Step::Close(Cause::ServerAbort));
+        let mut buf = [0u8; 7];
+        f.client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"partial", "bytes sent before the reset were delivered");
+    }
+
+    #[test]
+    fn streaming_short_read_without_a_close_hint_waits_for_the_next_edge() {
+        // A short read drained the socket; the FIN that follows raises its own edge (with
+        // RDHUP), so the session must not spend a read on it before then.
+        let mut f = session_streaming(Splice::Off);
+        f.client.write_all(b"abc").unwrap();
+        wait_readable(&f.session.client);
+        let (_, up, _) = f.pump_at(f.t0);
+        assert_eq!(up, 3);
+        f.client.shutdown(Shutdown::Write).unwrap();
+        wait_readable(&f.session.client);
+        // Without the new edge nothing is read: no busy polling of a drained socket.
+        assert_eq!(f.session.pump(f.t0, &mut f.pools), (Step::Continue, 0, 0));
+        assert!(!f.session.up.src_eof);
+        // The edge arrives (RDHUP): the EOF is read and passed on.
+        f.pump_after_close(Side::Client, f.t0);
+        assert!(f.session.up.done());
+    }
+
+    #[test]
+    fn streaming_client_reset_closes_as_client_abort() {
+        let mut f = session_streaming(Splice::Auto);
+        crate::net::set_linger_zero(&f.client);
+        drop(f.client);
+        wait_readable(&f.session.client);
+        f.session.note(Side::Client, true, true, true);
+        let (step, _, _) = f.session.pump(f.t0, &mut f.pools);
+        assert_eq!(step, Step::Close(Cause::ClientAbort));
+        f.session.release(&mut f.pools);
+        assert_eq!(f.pools.pipes_lent, 0);
+    }
+
+    #[test]
+    fn streaming_a_full_destination_stops_reading_the_source() {
+        // The client sends far more than the server reads: the session holds at most one
+        // channel of it, and the rest stays in kernel buffers (backpressure).
+        let mut f = session_streaming(Splice::Off);
+        let client = f.client.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut c = client;
+            let chunk = vec![1u8; 1 << 16];
+            let mut sent = 0usize;
+            while sent < 64 << 20 {
+                match c.write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+        });
+        wait_readable(&f.session.client);
+        for _ in 0..200 {
+            f.pump_at(f.t0);
+            assert!(f.session.up.pending() <= crate::relay::BUF_SIZE, "bounded: {}", f.session.up.pending());
+        }
+        // The server drains: everything flows again.
+        drop(f.server);
+        drop(f.session);
+        writer.join().unwrap();
+    }
+}
