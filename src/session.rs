@@ -145,14 +145,16 @@ impl Session {
         let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
         let (mut to_server, mut to_client) = (0, 0);
         if self.aborted.is_none() {
-            match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice) {
+            let last = self.down.done();
+            match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last) {
                 Ok(n) => to_server = n,
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Client),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Backend),
             }
         }
         if self.aborted.is_none() {
-            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice) {
+            let last = self.up.done();
+            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
                 Ok(n) => to_client = n,
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Backend),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Client),
@@ -204,7 +206,7 @@ impl Session {
         // rather than a FIN it could mistake for a clean end.
         out_of_failed.src_eof = true;
         out_of_failed.dst_shut = true;
-        match out_of_failed.pump(src, dst, src_ready, dst_ready, pools, self.splice) {
+        match out_of_failed.pump(src, dst, src_ready, dst_ready, pools, self.splice, true) {
             Ok(n) => *counter += n,
             Err(_) => return Step::Close(cause),
         }
@@ -350,6 +352,8 @@ mod tests {
         wait_readable(f.session.backend.as_ref().unwrap());
         let (step, _, down) = f.pump_after_close(Side::Backend, f.t0);
         assert_eq!((step, down), (Step::Close(Cause::Normal), 5));
+        // The worker closes the session: that close is the client's FIN.
+        drop(f.session);
         let mut got = Vec::new();
         f.client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"reply");

@@ -7,8 +7,10 @@
 mod json;
 mod page;
 pub mod prometheus;
+mod request;
 mod routes;
 
+pub use request::{parse_head, Head, ParsedHead, MAX_REQUEST};
 pub use routes::{constant_time_eq, Context};
 
 use log::debug;
@@ -24,9 +26,6 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
-/// A request (headers and body) larger than this is refused.
-const MAX_REQUEST: usize = 8 * 1024;
-const MAX_HEADERS: usize = 32;
 /// The whole request must arrive within this time, however slowly it trickles.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -253,47 +252,12 @@ enum Parsed {
 }
 
 fn parse(buf: &[u8], ctx: &Context) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_REQUEST {
-                Parsed::Done(Response::text(431, "request headers too large"), false)
-            } else {
-                Parsed::Incomplete
-            };
+    match parse_head(buf) {
+        ParsedHead::Incomplete => Parsed::Incomplete,
+        ParsedHead::Refuse(status, message) => Parsed::Done(Response::text(status, message), false),
+        ParsedHead::Request(Head { method, path, authorization, .. }) => {
+            let resp = routes::route(ctx, &Request { method, path, authorization });
+            Parsed::Done(resp, method == "HEAD")
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Done(Response::text(431, format!("more than {MAX_HEADERS} headers")), false)
-        }
-        Err(e) => return Parsed::Done(Response::text(400, format!("malformed request: {e}")), false),
-    };
-    let (Some(method), Some(target)) = (req.method, req.path) else {
-        return Parsed::Done(Response::text(400, "malformed request line"), false);
-    };
-    let content_length = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .map(|h| std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok()));
-    let body_len = match content_length {
-        None => 0,
-        Some(Some(n)) => n,
-        Some(None) => return Parsed::Done(Response::text(400, "bad Content-Length"), false),
-    };
-    if req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
-        return Parsed::Done(Response::text(400, "chunked request bodies are not accepted"), false);
     }
-    if head_len.saturating_add(body_len) > MAX_REQUEST {
-        return Parsed::Done(Response::text(413, "request body too large"), false);
-    }
-    // Wait for the body (unused) so closing does not reset the client before it reads us.
-    if buf.len() < head_len + body_len {
-        return Parsed::Incomplete;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    let authorization = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("authorization")).map(|h| h.value);
-    let resp = routes::route(ctx, &Request { method, path, authorization });
-    Parsed::Done(resp, method == "HEAD")
 }

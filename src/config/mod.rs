@@ -7,7 +7,7 @@
 mod lexer;
 mod parse;
 
-pub use parse::{load, parse_bytes};
+pub use parse::{load, parse_bytes, parse_bytes_offline};
 
 use std::fmt;
 use std::net::SocketAddr;

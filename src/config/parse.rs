@@ -57,6 +57,20 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 /// Parses conf-file bytes read from `file` (named in messages). Never panics; on failure returns
 /// every error found, sorted by line.
 pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Config, Vec<ConfigError>> {
+    parse_with(bytes, file, resolve)
+}
+
+/// `parse_bytes` without the resolver: a server host name is checked as usual but stands for
+/// 127.0.0.1. For the fuzzer and its corpus replay, whose made-up names must not become DNS
+/// queries (slow, and traffic that leaves the machine).
+pub fn parse_bytes_offline(bytes: &[u8], file: &Path) -> Result<Config, Vec<ConfigError>> {
+    parse_with(bytes, file, |_, port| Ok(SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// How a server host name (already checked by `is_hostname`) and port become an address.
+type Resolver = fn(&str, u16) -> Res<SocketAddr>;
+
+fn parse_with(bytes: &[u8], file: &Path, resolve: Resolver) -> Result<Config, Vec<ConfigError>> {
     let mut p = Parser {
         cfg: Config {
             path: file.to_path_buf(),
@@ -71,6 +85,7 @@ pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Config, Vec<ConfigError>
         seen: Vec::new(),
         blocks: Vec::new(),
         errors: Vec::new(),
+        resolve,
     };
     for line in lexer::lex(bytes) {
         p.line(&line);
@@ -88,6 +103,7 @@ struct Parser {
     seen: Seen,
     blocks: Vec<Block>,
     errors: Vec<(usize, String)>,
+    resolve: Resolver,
 }
 
 /// A service being read.
@@ -190,7 +206,7 @@ impl Parser {
                 show(kw)
             ));
         }
-        service_directive(block, kw, a, n)
+        service_directive(block, kw, a, n, self.resolve)
     }
 
     fn global(&mut self, kw: &str, a: &[Token], n: usize) -> Res<()> {
@@ -328,10 +344,10 @@ fn set_global(c: &mut Config, kw: &str, a: &[Token]) -> Res<()> {
     Ok(())
 }
 
-fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize) -> Res<()> {
+fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
     let result = match kw {
         "bind" => bind(b, a, n),
-        "server" => server(b, a, n),
+        "server" => server(b, a, n, resolve),
         "timeout" => timeout(b, a, n),
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
@@ -385,7 +401,7 @@ fn bind(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     Ok(())
 }
 
-fn server(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
+fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
     b.any_server = true;
     let [name, addr, opts @ ..] = a else {
         return Err(arity("server NAME ADDR [weight N] [backup] [disabled] [maxconn N]"));
@@ -402,7 +418,7 @@ fn server(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
         ));
     }
     b.seen.push((key, n));
-    let addr = server_addr(text(addr)?)?;
+    let addr = server_addr(text(addr)?, resolve)?;
     let mut s =
         Server { name: name.to_string(), addr, weight: 1, backup: false, disabled: false, maxconn: None, line: n };
     let mut seen = Vec::new();
@@ -495,7 +511,7 @@ fn check(a: &[Token]) -> Res<Check> {
 }
 
 /// IP literal or host name; a name is resolved now, and its first address is kept.
-fn server_addr(s: &str) -> Res<SocketAddr> {
+fn server_addr(s: &str, resolve: Resolver) -> Res<SocketAddr> {
     let hint = "expected IP:PORT, [IPv6]:PORT or HOST:PORT, e.g. 127.0.0.1:9001";
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("address {} has no port: {hint}", show(s)));
@@ -510,6 +526,11 @@ fn server_addr(s: &str) -> Res<SocketAddr> {
     if !is_hostname(host) {
         return Err(not_ip(s, host, hint));
     }
+    resolve(host, port)
+}
+
+/// The system resolver (getaddrinfo): the first address.
+fn resolve(host: &str, port: u16) -> Res<SocketAddr> {
     let mut addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}; check the name or write an IP", show(host)))?;

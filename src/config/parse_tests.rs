@@ -207,6 +207,17 @@ fn host_names_resolve_at_parse_time() {
 }
 
 #[test]
+fn offline_parsing_checks_host_names_without_resolving_them() {
+    let src = "service web\nbind *:0\nserver a no-such-host.invalid:9001 weight 2\n";
+    let c = parse_bytes_offline(src.as_bytes(), Path::new("t.conf")).unwrap();
+    assert_eq!(c.services[0].servers[0].addr, "127.0.0.1:9001".parse().unwrap());
+    assert_eq!(c.services[0].servers[0].weight, 2);
+    let bad = parse_bytes_offline(b"service web\nbind *:0\nserver a bad_name:1\n", Path::new("t.conf"));
+    assert!(bad.unwrap_err()[0].message.contains("is not a valid address"));
+    assert_eq!(parse_bytes_offline(OK.as_bytes(), Path::new("t.conf")), parse(OK));
+}
+
+#[test]
 fn binds_that_do_not_overlap_are_fine() {
     let src = "service a\nbind *:0\nbind *:0\nbind 127.0.0.1:0\nbind [::]:80\nbind 0.0.0.0:80\n\
                bind 127.0.0.1:81\nbind 127.0.0.2:81\nbind [::1]:82\nbind 0.0.0.0:82\n\
