@@ -20,15 +20,23 @@ use std::time::Instant;
 /// Why start-up failed (exit code 2).
 #[derive(Debug)]
 pub enum StartError {
-    Bind { service: String, addr: ListenAddr, error: io::Error },
-    Io { what: &'static str, error: io::Error },
+    /// `owner` names who wanted the address: `service web`, `the admin endpoint`.
+    Bind {
+        owner: String,
+        addr: ListenAddr,
+        error: io::Error,
+    },
+    Io {
+        what: &'static str,
+        error: io::Error,
+    },
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Bind { service, addr, error } => {
-                write!(f, "service {service}: cannot listen on {addr}: {error}")?;
+            StartError::Bind { owner, addr, error } => {
+                write!(f, "{owner}: cannot listen on {addr}: {error}")?;
                 match error.kind() {
                     io::ErrorKind::AddrInUse => {
                         write!(f, " (another process holds this port; find it with `ss -ltnp`)")
@@ -77,7 +85,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let mut listening = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
         for bind in &svc.binds {
-            let bind_err = |addr: ListenAddr, error| StartError::Bind { service: svc.name.clone(), addr, error };
+            let bind_err =
+                |addr: ListenAddr, error| StartError::Bind { owner: format!("service {}", svc.name), addr, error };
             let first = net::bind_listener(&bind.addr, true).map_err(|e| bind_err(bind.addr, e))?;
             let bound = first.local_addr().map_err(|e| bind_err(bind.addr, e))?;
             let addr = worker::resolved(&bind.addr, bound);
@@ -97,7 +106,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             Some(addr) => {
                 let token = config.admin_token.as_deref().map(read_token).transpose()?;
                 let listener = net::bind_listener(&ListenAddr::Addr(addr), false).map_err(|error| {
-                    StartError::Bind { service: "admin".into(), addr: ListenAddr::Addr(addr), error }
+                    StartError::Bind { owner: "the admin endpoint".into(), addr: ListenAddr::Addr(addr), error }
                 })?;
                 Some((listener, token))
             }
