@@ -213,7 +213,12 @@ impl Flow {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(e) => return Err(FlowError::Dest(e)),
+                    Err(e) => {
+                        // Bytes delivered before the failure count: logs and metrics say what
+                        // really reached the peer.
+                        self.delivered += delivered as u64;
+                        return Err(FlowError::Dest(e));
+                    }
                 }
             }
             if !self.src_eof && src_ready.readable && self.pending < capacity(self.chan.as_ref()) {
@@ -266,7 +271,10 @@ impl Flow {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(e) => return Err(FlowError::Source(e)),
+                    Err(e) => {
+                        self.delivered += delivered as u64;
+                        return Err(FlowError::Source(e));
+                    }
                 }
             }
             if !progress {

@@ -136,18 +136,19 @@ impl Session {
     }
 
     /// Moves bytes both ways as far as readiness allows. Returns the step and the bytes
-    /// delivered (to the server, to the client) by this call.
+    /// delivered (to the server, to the client) by this call, including bytes delivered just
+    /// before a failure.
     pub fn pump(&mut self, now: Instant, pools: &mut Pools) -> (Step, usize, usize) {
         let Some(backend) = self.backend.as_ref() else {
             return (Step::Continue, 0, 0);
         };
         debug_assert_eq!(self.phase, Phase::Streaming);
         let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
-        let (mut to_server, mut to_client) = (0, 0);
+        let (up_before, down_before) = (self.up.delivered, self.down.delivered);
         if self.aborted.is_none() {
             let last = self.down.done();
             match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last) {
-                Ok(n) => to_server = n,
+                Ok(_) => {}
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Client),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Backend),
             }
@@ -155,22 +156,22 @@ impl Session {
         if self.aborted.is_none() {
             let last = self.up.done();
             match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
-                Ok(n) => to_client = n,
+                Ok(_) => {}
                 Err(FlowError::Source(_)) => self.aborted = Some(Side::Backend),
                 Err(FlowError::Dest(_)) => self.aborted = Some(Side::Client),
             }
         }
+        let step = match self.aborted {
+            Some(failed) => self.flush_after_abort(failed, pools),
+            None if self.up.done() && self.down.done() => Step::Close(Cause::Normal),
+            None => Step::Continue,
+        };
+        let to_server = (self.up.delivered - up_before) as usize;
+        let to_client = (self.down.delivered - down_before) as usize;
         if to_server + to_client > 0 {
             self.last_active = now;
         }
-        if let Some(failed) = self.aborted {
-            let step = self.flush_after_abort(failed, pools, &mut to_server, &mut to_client);
-            return (step, to_server, to_client);
-        }
-        if self.up.done() && self.down.done() {
-            return (Step::Close(Cause::Normal), to_server, to_client);
-        }
-        (Step::Continue, to_server, to_client)
+        (step, to_server, to_client)
     }
 
     /// A flow stopped on its per-turn budget with work left (see `Flow::yielded`).
@@ -180,35 +181,24 @@ impl Session {
 
     /// `failed` is gone. Bytes it sent before failing still reach the other peer (EOF-flush
     /// rule); the flow into it is dropped. Closes once the flush is done or impossible.
-    fn flush_after_abort(
-        &mut self,
-        failed: Side,
-        pools: &mut Pools,
-        to_server: &mut usize,
-        to_client: &mut usize,
-    ) -> Step {
+    fn flush_after_abort(&mut self, failed: Side, pools: &mut Pools) -> Step {
         let cause = match failed {
             Side::Client => Cause::ClientAbort,
             Side::Backend => Cause::ServerAbort,
         };
         let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
         let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
-        let (into_failed, out_of_failed, src, dst, src_ready, dst_ready, counter) = match failed {
-            Side::Client => {
-                (&mut self.down, &mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready, to_server)
-            }
-            Side::Backend => {
-                (&mut self.up, &mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready, to_client)
-            }
+        let (into_failed, out_of_failed, src, dst, src_ready, dst_ready) = match failed {
+            Side::Client => (&mut self.down, &mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready),
+            Side::Backend => (&mut self.up, &mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready),
         };
         into_failed.abandon(pools);
         // Nothing more is read from the failed side, and the survivor gets a reset at close
         // rather than a FIN it could mistake for a clean end.
         out_of_failed.src_eof = true;
         out_of_failed.dst_shut = true;
-        match out_of_failed.pump(src, dst, src_ready, dst_ready, pools, self.splice, true) {
-            Ok(n) => *counter += n,
-            Err(_) => return Step::Close(cause),
+        if out_of_failed.pump(src, dst, src_ready, dst_ready, pools, self.splice, true).is_err() {
+            return Step::Close(cause);
         }
         if out_of_failed.pending() == 0 {
             Step::Close(cause)

@@ -1355,3 +1355,9 @@ fn run_ok(prog: &str, args: &[&str]) -> io::Result<()> {
         )))
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Namespace test bed (client, balancer and servers in their own namespaces, joined by veth)
+// ------------------------------------------------------------------------------------------------
+
+pub mod topo;
