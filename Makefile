@@ -48,9 +48,22 @@ bench-quick:
 	@test -x scripts/bench.sh || { echo "make bench-quick: scripts/bench.sh does not exist yet" >&2; exit 1; }
 	scripts/bench.sh --quick
 
+# cargo-fuzz needs nightly-only rustc flags (sanitizers); RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain take them. Each target runs FUZZ_SECS seconds on its corpus in fuzz/corpus/<target>/
+# (new finds are added there; `cargo fuzz cmin` shrinks it before a commit); a crash stops the run
+# with the input in fuzz/artifacts/<target>/. The corpora are also replayed by `make test`
+# (tests/fuzz_corpus.rs), which needs none of this.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= conf probe_reply admin_request
+
 fuzz:
-	@echo "make fuzz: no fuzz targets yet (planned: cargo fuzz on the conf parser and admin request parser)" >&2
-	@exit 1
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		max_len=4096; [ $$t = conf ] && max_len=8192; [ $$t = admin_request ] && max_len=12288; \
+		echo "== fuzz $$t for $(FUZZ_SECS)s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -max_len=$$max_len \
+			-timeout=10 -print_final_stats=1; \
+	done
 
 clean:
 	$(CARGO) clean
