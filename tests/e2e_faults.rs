@@ -616,7 +616,14 @@ impl Lab {
         }
         let pipe_cap = 2 * 256 * self.workers;
         assert!(kinds.1 <= pipe_cap, "{} pipe descriptors (the pools keep at most {pipe_cap})", kinds.1);
-        assert_eq!(kinds.2, base.other, "descriptors other than sockets and pipes");
+        // Files the admin thread opens while it answers a scrape (/proc/self/stat, statm, fd)
+        // come and go; a leak shows as more than the baseline, never fewer.
+        assert!(
+            kinds.2 <= base.other,
+            "descriptors other than sockets and pipes: {} > baseline {}",
+            kinds.2,
+            base.other
+        );
         let m = self.metrics();
         assert_eq!(metric_in(&m, "shunt_active_connections"), Some(0.0), "shunt_active_connections");
         let fds_metric = metric_in(&m, "shunt_process_open_fds").unwrap_or(-1.0);
@@ -1207,10 +1214,13 @@ fn bytes_before_a_server_reset_are_counted_in_the_log_and_metrics() {
     eprintln!("RESULT reset accounting: clients received {got} bytes, log says {counted}, metric {metric}; {inv}");
 }
 
-/// A kill of `server` happened while a session of `at..at+took` was live (50 ms of slack for
-/// the log and the scheduler). `server` None: any server.
+/// A kill of `server` happened while a session of `at..at+took` was live. The slack covers
+/// the scheduler and the dying process: SIGKILL returns at once, but a process holding
+/// thousands of sockets closes its listener some time later, and until then the kernel still
+/// completes handshakes that the close then resets (seen: 60 ms on a loaded machine).
+/// `server` None: any server.
 fn killed_during(kills: &[(Duration, String)], server: Option<&str>, at: Duration, took: Duration) -> bool {
-    let slack = Duration::from_millis(50);
+    let slack = Duration::from_millis(250);
     kills.iter().any(|(t, s)| server.is_none_or(|x| x == s) && *t + slack >= at && *t <= at + took + slack)
 }
 

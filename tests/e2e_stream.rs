@@ -874,7 +874,13 @@ fn assert_bulk_spliced(splice: &str) {
     // 40 MiB moved: with 64 KiB pipes that is at least 1280 splices; ask for far fewer, so a
     // bigger pipe size does not break the test.
     assert!(splices >= 100, "splice {splice}: splice calls: {splices} ({counts:?})");
-    assert!(copies * 10 < splices, "splice {splice}: read/write-style calls {copies} vs splice {splices} ({counts:?})");
+    // Copying 40 MiB through 16 KiB buffers takes over 5,000 calls. A flow may fall back to the
+    // copy path for a while when the machine is loaded and its reads come in small; what
+    // matters is that the bulk of the bytes is spliced.
+    assert!(
+        copies * 4 < splices && copies < 500,
+        "splice {splice}: read/write-style calls {copies} vs splice {splices} ({counts:?})"
+    );
 }
 
 #[test]
