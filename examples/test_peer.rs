@@ -22,7 +22,7 @@
 //! `echo-loop` is a single-threaded mio echo server for many thousands of mostly idle
 //! connections, where a thread per connection would cost a pid each.
 //!
-//! The byte streams are the harness's `pattern_fill` (tests/common/mod.rs): keep both equal.
+//! The byte streams are the harness's `pattern_fill`, from the same file (tests/common/pattern.rs).
 
 use socket2::SockRef;
 use std::io::{self, Read, Write};
@@ -70,26 +70,9 @@ fn main() {
 // The byte stream (the same as the harness's pattern_fill)
 // ------------------------------------------------------------------------------------------------
 
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn pattern_fill(seed: u64, offset: u64, buf: &mut [u8]) {
-    let key = splitmix64(seed);
-    let mut pos = offset;
-    let mut i = 0;
-    while i < buf.len() {
-        let word = splitmix64(key ^ (pos / 8)).to_le_bytes();
-        let start = (pos % 8) as usize;
-        let n = (8 - start).min(buf.len() - i);
-        buf[i..i + n].copy_from_slice(&word[start..start + n]);
-        i += n;
-        pos += n as u64;
-    }
-}
+#[path = "../tests/common/pattern.rs"]
+mod pattern;
+use pattern::pattern_fill;
 
 /// Writes bytes `0..len` of stream `seed`, stopping early after `limit` bytes. Returns whether
 /// the whole stream was written.

@@ -124,13 +124,30 @@ fn dial(addr: SocketAddr, read_timeout: Duration) -> io::Result<TcpStream> {
 
 /// A client socket whose receive buffer is pinned before connect (the window stays small).
 fn dial_small_rcvbuf(addr: SocketAddr, rcvbuf: usize, read_timeout: Duration) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.set_recv_buffer_size(rcvbuf)?;
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(read_timeout))?;
-    s.set_write_timeout(Some(T))?;
-    Ok(s)
+    dial_bound(addr, Some(rcvbuf), read_timeout).1
+}
+
+/// Connects from a source port chosen (by binding) before the connect, and returns that port
+/// even when the connect fails: a session that shunt accepted and reset at once (its server
+/// died at that instant) can still be matched with shunt's log line for it.
+fn dial_bound(addr: SocketAddr, rcvbuf: Option<usize>, read_timeout: Duration) -> (u16, io::Result<TcpStream>) {
+    let s = match Socket::new(Domain::IPV4, Type::STREAM, None) {
+        Ok(s) => s,
+        Err(e) => return (0, Err(e)),
+    };
+    let bound = s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into()).and_then(|_| s.local_addr());
+    let port = bound.ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
+    let connected = (|| {
+        if let Some(n) = rcvbuf {
+            s.set_recv_buffer_size(n)?;
+        }
+        s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(read_timeout))?;
+        s.set_write_timeout(Some(T))?;
+        Ok(s)
+    })();
+    (port, connected)
 }
 
 /// Closes with RST instead of FIN.
@@ -268,14 +285,14 @@ fn query_with(addr: SocketAddr, seed: u64, len: u64, rt: Duration, epoch: Instan
         o.took = t0.elapsed();
         o
     };
-    let dialed = if how == How::Slow { dial_small_rcvbuf(addr, 64 * 1024, rt) } else { dial(addr, rt) };
+    let (port, dialed) = dial_bound(addr, (how == How::Slow).then_some(64 * 1024), rt);
+    out.port = port;
     let mut s = match dialed {
         Ok(s) => s,
         // A refusal can be so quick that the reset beats connect()'s own completion check.
         Err(e) if End::of(&e) == End::Reset => return finish(out, End::Reset),
         Err(e) => return finish(out, End::NoConnect(e.to_string())),
     };
-    out.port = s.local_addr().map(|a| a.port()).unwrap_or(0);
     if let Err(e) = s.write_all(&header(b'Q', seed, len)) {
         return finish(out, End::of(&e));
     }
