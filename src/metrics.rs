@@ -113,6 +113,9 @@ pub struct ServiceCounters {
     pub refused_acl: Counter,
     pub refused_limit: Counter,
     pub refused_no_server: Counter,
+    /// Times a listener of the service stopped accepting at a connection cap (global or the
+    /// service's `max_conns`): clients then wait in the kernel backlog.
+    pub limit_pauses: Counter,
     pub session_duration: Histogram,
 }
 
@@ -123,6 +126,7 @@ impl Default for ServiceCounters {
             refused_acl: Counter::default(),
             refused_limit: Counter::default(),
             refused_no_server: Counter::default(),
+            limit_pauses: Counter::default(),
             session_duration: Histogram::new(DURATION_BUCKETS),
         }
     }

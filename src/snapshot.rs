@@ -68,6 +68,8 @@ pub struct ServiceSnapshot {
     pub refused_acl: u64,
     pub refused_limit: u64,
     pub refused_no_server: u64,
+    /// Times accepting paused at a connection cap.
+    pub limit_pauses: u64,
     pub session_duration: HistogramSnapshot,
     pub servers: Vec<ServerSnapshot>,
 }
@@ -97,6 +99,7 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                 refused_acl: 0,
                 refused_limit: 0,
                 refused_no_server: 0,
+                limit_pauses: 0,
                 session_duration: HistogramSnapshot::default(),
                 servers: Vec::new(),
             };
@@ -106,6 +109,7 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                 s.refused_acl += c.refused_acl.get();
                 s.refused_limit += c.refused_limit.get();
                 s.refused_no_server += c.refused_no_server.get();
+                s.limit_pauses += c.limit_pauses.get();
                 c.session_duration.sum_into(&mut s.session_duration);
             }
             s.servers = svc

@@ -42,6 +42,8 @@ struct Listener {
     /// Pending connections may be waiting (edge-triggered: set by an event, cleared only by
     /// WouldBlock).
     ready: bool,
+    /// Held back by a connection cap since the last accept (counts each pause once).
+    at_cap: bool,
 }
 
 /// A server as this worker sees it.
@@ -122,7 +124,7 @@ impl Worker {
         for (i, (service, l)) in setup.listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(l);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
-            listeners.push(Listener { service, socket, ready: true });
+            listeners.push(Listener { service, socket, ready: true, at_cap: false });
         }
         let pools_by_service = config
             .services
@@ -311,11 +313,19 @@ impl Worker {
                 }
                 let service = self.listeners[i].service;
                 if !self.has_room(service) {
+                    // Clients wait in the kernel backlog; the pause is what operators see.
+                    if !self.listeners[i].at_cap {
+                        self.listeners[i].at_cap = true;
+                        self.counters.services[service].limit_pauses.add(1);
+                    }
                     self.cap_blocked = true;
                     break;
                 }
                 match self.listeners[i].socket.accept() {
-                    Ok((stream, addr)) => self.start_session(service, stream, addr, now),
+                    Ok((stream, addr)) => {
+                        self.listeners[i].at_cap = false;
+                        self.start_session(service, stream, addr, now)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
                     Err(e) if net::is_resource_exhaustion(&e) => {
                         logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));

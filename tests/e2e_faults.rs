@@ -1686,6 +1686,9 @@ fn eight_thousand_connections_then_more_than_max_conns_wait_and_are_served() {
     assert_eq!(metric_in(&m, "shunt_active_connections"), Some(N as f64));
     assert_eq!(metric_in(&m, "shunt_service_refused_total{service=\"svc\",reason=\"limit\"}"), Some(0.0));
     assert_eq!(metric_in(&m, "shunt_service_refused_total{service=\"svc\",reason=\"no_server\"}"), Some(0.0));
+    // The wait is visible: accepting paused at the cap (per worker and listener, at least once).
+    let pauses = metric_in(&m, "shunt_service_limit_pauses_total{service=\"svc\"}").unwrap_or(0.0);
+    assert!(pauses >= 1.0, "the pause at max_conns is counted: {pauses}");
     // Slots free up: the waiting clients are served.
     let t_free = Instant::now();
     held.drain(..EXTRA).for_each(drop);

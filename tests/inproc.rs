@@ -278,6 +278,7 @@ fn max_conns_pauses_accepting_and_resumes() {
     third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut b = [0u8; 1];
     assert!(third.read_exact(&mut b).is_err(), "served beyond max_conns");
+    assert!(r.snapshot().services[0].limit_pauses >= 1, "the pause at the cap is counted");
     drop(held.pop());
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     third.read_exact(&mut b).unwrap();

@@ -44,7 +44,7 @@ pub fn status(snap: &Snapshot) -> String {
         let _ = write!(
             o,
             "{{\"name\":{},\"listeners\":[{}],\"balance\":{},\"active_connections\":{},\"accepted\":{},\
-             \"refused\":{{\"acl\":{},\"limit\":{},\"no_server\":{}}},\"servers\":[",
+             \"refused\":{{\"acl\":{},\"limit\":{},\"no_server\":{}}},\"limit_pauses\":{},\"servers\":[",
             string(&s.name),
             listeners.join(","),
             string(s.balance),
@@ -52,7 +52,8 @@ pub fn status(snap: &Snapshot) -> String {
             s.accepted,
             s.refused_acl,
             s.refused_limit,
-            s.refused_no_server
+            s.refused_no_server,
+            s.limit_pauses
         );
         for (j, v) in s.servers.iter().enumerate() {
             if j > 0 {

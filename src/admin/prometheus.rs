@@ -104,6 +104,14 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
             o.sample("shunt_service_refused_total", &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
         }
     }
+    o.family(
+        "shunt_service_limit_pauses_total",
+        "counter",
+        "Times accepting paused at a connection cap (max_conns); clients wait in the listen backlog.",
+    );
+    for s in &snap.services {
+        o.sample("shunt_service_limit_pauses_total", &svc_labels(&s.name), s.limit_pauses);
+    }
     o.family("shunt_service_active_connections", "gauge", "Proxied connections open now.");
     for s in &snap.services {
         o.sample("shunt_service_active_connections", &svc_labels(&s.name), s.active);
