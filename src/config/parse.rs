@@ -421,22 +421,16 @@ fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
     let addr = server_addr(text(addr)?, resolve)?;
     let mut s =
         Server { name: name.to_string(), addr, weight: 1, backup: false, disabled: false, maxconn: None, line: n };
-    let mut seen = Vec::new();
-    let mut it = opts.iter();
-    while let Some(t) = it.next() {
-        let opt = text(t)?;
-        if seen.contains(&opt) {
-            return Err(format!("option {opt} given twice: keep only one"));
-        }
+    options(opts, |opt, it| {
         match opt {
-            "weight" => s.weight = number("weight ", value(&mut it, "weight N")?, 0, MAX_WEIGHT)? as u32,
-            "maxconn" => s.maxconn = Some(number("maxconn ", value(&mut it, "maxconn N")?, 1, MAX_COUNT)? as u32),
+            "weight" => s.weight = number("weight ", value(it, "weight N")?, 0, MAX_WEIGHT)? as u32,
+            "maxconn" => s.maxconn = Some(number("maxconn ", value(it, "maxconn N")?, 1, MAX_COUNT)? as u32),
             "backup" => s.backup = true,
             "disabled" => s.disabled = true,
             _ => return Err(choice("option", opt, SERVER_OPTIONS)),
         }
-        seen.push(opt);
-    }
+        Ok(())
+    })?;
     b.svc.servers.push(s);
     Ok(())
 }
@@ -490,23 +484,17 @@ fn check(a: &[Token]) -> Res<Check> {
         k => return Err(choice("kind", k, &["tcp", "send", "http"])),
     };
     let mut c = Check { kind, ..Check::default() };
-    let mut seen = Vec::new();
-    let mut it = opts.iter();
-    while let Some(t) = it.next() {
-        let opt = text(t)?;
-        if seen.contains(&opt) {
-            return Err(format!("option {opt} given twice: keep only one"));
-        }
+    options(opts, |opt, it| {
         match opt {
-            "interval" => c.interval = duration("interval ", value(&mut it, "interval 2s")?, false)?,
-            "timeout" => c.timeout = duration("timeout ", value(&mut it, "timeout 1s")?, false)?,
-            "rise" => c.rise = number("rise ", value(&mut it, "rise N")?, 1, MAX_RISE_FALL)? as u32,
-            "fall" => c.fall = number("fall ", value(&mut it, "fall N")?, 1, MAX_RISE_FALL)? as u32,
-            "port" => c.port = Some(number("port ", value(&mut it, "port N")?, 1, 65535)? as u16),
+            "interval" => c.interval = duration("interval ", value(it, "interval 2s")?, false)?,
+            "timeout" => c.timeout = duration("timeout ", value(it, "timeout 1s")?, false)?,
+            "rise" => c.rise = number("rise ", value(it, "rise N")?, 1, MAX_RISE_FALL)? as u32,
+            "fall" => c.fall = number("fall ", value(it, "fall N")?, 1, MAX_RISE_FALL)? as u32,
+            "port" => c.port = Some(number("port ", value(it, "port N")?, 1, 65535)? as u16),
             _ => return Err(choice("option", opt, CHECK_OPTIONS)),
         }
-        seen.push(opt);
-    }
+        Ok(())
+    })?;
     Ok(c)
 }
 
@@ -551,6 +539,22 @@ fn one<'t>(a: &'t [Token], syntax: &str) -> Res<&'t str> {
 }
 
 /// The next token of an option list, as the value of the option named in `example`.
+/// Walks `NAME [VALUE]` options, each allowed once: `apply` takes the option's value from the
+/// iterator when it has one.
+fn options<'t>(opts: &'t [Token], mut apply: impl FnMut(&'t str, &mut slice::Iter<'t, Token>) -> Res<()>) -> Res<()> {
+    let mut seen = Vec::new();
+    let mut it = opts.iter();
+    while let Some(t) = it.next() {
+        let opt = text(t)?;
+        if seen.contains(&opt) {
+            return Err(format!("option {opt} given twice: keep only one"));
+        }
+        apply(opt, &mut it)?;
+        seen.push(opt);
+    }
+    Ok(())
+}
+
 fn value<'t>(it: &mut slice::Iter<'t, Token>, example: &str) -> Res<&'t str> {
     match it.next() {
         Some(t) => text(t),
