@@ -3,7 +3,7 @@
 //! base units (seconds, bytes).
 
 use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS};
-use crate::snapshot::{ServerState, Snapshot};
+use crate::snapshot::{ServerSnapshot, ServerState, Snapshot};
 use std::fmt::Write;
 
 /// Process facts read from /proc at scrape time.
@@ -139,54 +139,42 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
             o.sample("shunt_server_state", &labels, u8::from(v.state == state));
         }
     }
-    o.family("shunt_server_weight", "gauge", "Configured weight.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_weight", &srv_labels(&s.name, &v.name), v.weight);
-    }
-    o.family("shunt_server_active_connections", "gauge", "Connections open to the server now.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_active_connections", &srv_labels(&s.name, &v.name), v.active);
-    }
-    o.family("shunt_server_connections_total", "counter", "Connections established to the server.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_connections_total", &srv_labels(&s.name, &v.name), v.connects);
-    }
-    o.family("shunt_server_connect_failures_total", "counter", "Connects to the server that failed or timed out.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_connect_failures_total", &srv_labels(&s.name, &v.name), v.failed_connects);
-    }
-    o.family("shunt_server_received_bytes_total", "counter", "Bytes received from the server.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_received_bytes_total", &srv_labels(&s.name, &v.name), v.bytes_in);
-    }
-    o.family("shunt_server_sent_bytes_total", "counter", "Bytes sent to the server.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_sent_bytes_total", &srv_labels(&s.name, &v.name), v.bytes_out);
-    }
-    o.family("shunt_server_checks_total", "counter", "Active probes finished.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_checks_total", &srv_labels(&s.name, &v.name), v.checks);
-    }
-    o.family("shunt_server_check_duration_seconds", "gauge", "Duration of the last active probe.");
-    for (s, v) in servers() {
-        o.sample(
-            "shunt_server_check_duration_seconds",
-            &srv_labels(&s.name, &v.name),
-            v.last_check.duration_us as f64 / 1e6,
-        );
-    }
-    o.family(
-        "shunt_server_check_success",
-        "gauge",
-        "1 if the last active probe passed, 0 if it failed, -1 before any.",
-    );
-    for (s, v) in servers() {
-        let ok = match v.last_check.ok {
-            Some(true) => 1,
-            Some(false) => 0,
-            None => -1,
-        };
-        o.sample("shunt_server_check_success", &srv_labels(&s.name, &v.name), ok);
+    // The plain one-sample-per-server families: (name, type, help, value).
+    type ServerValue = fn(&ServerSnapshot) -> String;
+    let families: [(&str, &str, &str, ServerValue); 9] = [
+        ("shunt_server_weight", "gauge", "Configured weight.", |v| v.weight.to_string()),
+        ("shunt_server_active_connections", "gauge", "Connections open to the server now.", |v| v.active.to_string()),
+        ("shunt_server_connections_total", "counter", "Connections established to the server.", |v| {
+            v.connects.to_string()
+        }),
+        ("shunt_server_connect_failures_total", "counter", "Connects to the server that failed or timed out.", |v| {
+            v.failed_connects.to_string()
+        }),
+        ("shunt_server_received_bytes_total", "counter", "Bytes received from the server.", |v| v.bytes_in.to_string()),
+        ("shunt_server_sent_bytes_total", "counter", "Bytes sent to the server.", |v| v.bytes_out.to_string()),
+        ("shunt_server_checks_total", "counter", "Active probes finished.", |v| v.checks.to_string()),
+        ("shunt_server_check_duration_seconds", "gauge", "Duration of the last active probe.", |v| {
+            (v.last_check.duration_us as f64 / 1e6).to_string()
+        }),
+        (
+            "shunt_server_check_success",
+            "gauge",
+            "1 if the last active probe passed, 0 if it failed, -1 before any.",
+            |v| {
+                match v.last_check.ok {
+                    Some(true) => "1",
+                    Some(false) => "0",
+                    None => "-1",
+                }
+                .to_string()
+            },
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        o.family(name, kind, help);
+        for (s, v) in servers() {
+            o.sample(name, &srv_labels(&s.name, &v.name), value(v));
+        }
     }
     o.family("shunt_server_connect_seconds", "histogram", "Time to establish connections to the server.");
     for (s, v) in servers() {
