@@ -18,20 +18,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 head -c 1048576 /dev/urandom >"$dir/1m"
 backends=()
 for i in 1 2; do
   port=$(free_port)
-  mkdir -p "$dir/ngx$i"
-  cat >"$dir/ngx$i/nginx.conf" <<NGX
-worker_processes 1; pid $dir/ngx$i/pid; error_log $dir/ngx$i/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $dir/ngx$i; proxy_temp_path $dir/ngx$i; fastcgi_temp_path $dir/ngx$i;
-  uwsgi_temp_path $dir/ngx$i; scgi_temp_path $dir/ngx$i;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } location = /1m { alias $dir/1m; } } }
-NGX
+  nginx_conf "$dir/ngx$i" "$port" "location / { return 200 \"ok\\n\"; } location = /1m { alias $dir/1m; }"
   taskset -c 1 nginx -p "$dir/ngx$i" -c "$dir/ngx$i/nginx.conf" -g 'daemon off; master_process off;' &
   pids+=($!)
   backends+=("127.0.0.1:$port")

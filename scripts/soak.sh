@@ -73,7 +73,7 @@ iperf_pid=
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 rand() { echo $(( $1 + RANDOM % ($2 - $1 + 1) )); } # rand MIN MAX, inclusive
 now() { date +%s; }
 stopping() { [ -e "$dir/stop" ]; }
@@ -84,18 +84,9 @@ head -c $((BIG_MIB * 1048576)) /dev/urandom >"$dir/big"
 ports=()
 for i in $(seq "$BACKENDS"); do
   ports+=("$(free_port)")
-  mkdir -p "$dir/ngx$i"
-  cat >"$dir/ngx$i/nginx.conf" <<NGX
-worker_processes 1; pid $dir/ngx$i/pid; error_log $dir/ngx$i/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $dir/ngx$i; proxy_temp_path $dir/ngx$i; fastcgi_temp_path $dir/ngx$i;
-  uwsgi_temp_path $dir/ngx$i; scgi_temp_path $dir/ngx$i;
-  server { listen 127.0.0.1:${ports[$((i - 1))]};
-    location / { return 200 "ok from web-$i\n"; }
-    location = /health { return 200 "up\n"; }
-    location = /big { alias $dir/big; } } }
-NGX
+  nginx_conf "$dir/ngx$i" "${ports[$((i - 1))]}" "location / { return 200 \"ok from web-$i\\n\"; }
+    location = /health { return 200 \"up\\n\"; }
+    location = /big { alias $dir/big; }"
 done
 
 # start_backend I: starts nginx number I and records its pid. Disowned, so bash does not announce
