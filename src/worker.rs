@@ -42,8 +42,8 @@ struct Listener {
     /// Pending connections may be waiting (edge-triggered: set by an event, cleared only by
     /// WouldBlock).
     ready: bool,
-    /// Held back by a connection cap since the last accept (counts each pause once).
-    at_cap: bool,
+    /// Held back by a full connection cap since then (each pause is counted once).
+    full_since: Option<Instant>,
 }
 
 /// A server as this worker sees it.
@@ -124,7 +124,7 @@ impl Worker {
         for (i, (service, l)) in setup.listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(l);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
-            listeners.push(Listener { service, socket, ready: true, at_cap: false });
+            listeners.push(Listener { service, socket, ready: true, full_since: None });
         }
         let pools_by_service = config
             .services
@@ -312,20 +312,29 @@ impl Worker {
                     break;
                 }
                 let service = self.listeners[i].service;
-                if !self.has_room(service) {
-                    // Clients wait in the kernel backlog; the pause is what operators see.
-                    if !self.listeners[i].at_cap {
-                        self.listeners[i].at_cap = true;
-                        self.counters.services[service].limit_pauses.add(1);
+                let shed = if self.has_room(service) {
+                    self.listeners[i].full_since = None;
+                    false
+                } else {
+                    // Clients wait in the kernel backlog for room, but not for ever: once no room
+                    // has freed for `timeout queue`, they are refused, so they can go elsewhere.
+                    // (The kernel does not say how long each one waited; the cap's state does.)
+                    let since = match self.listeners[i].full_since {
+                        Some(t) => t,
+                        None => {
+                            self.counters.services[service].limit_pauses.add(1);
+                            *self.listeners[i].full_since.insert(now)
+                        }
+                    };
+                    if now.saturating_duration_since(since) < self.config.services[service].queue_timeout {
+                        self.cap_blocked = true;
+                        break;
                     }
-                    self.cap_blocked = true;
-                    break;
-                }
+                    true
+                };
                 match self.listeners[i].socket.accept() {
-                    Ok((stream, addr)) => {
-                        self.listeners[i].at_cap = false;
-                        self.start_session(service, stream, addr, now)
-                    }
+                    Ok((stream, addr)) if shed => self.refuse_at_cap(service, stream, addr),
+                    Ok((stream, addr)) => self.start_session(service, stream, addr, now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
                     Err(e) if net::is_resource_exhaustion(&e) => {
                         logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
@@ -337,6 +346,23 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A client past a cap that has been full for `timeout queue`: a reset tells it at once
+    /// (no TIME_WAIT here), where a backlog overflow would only drop its SYNs.
+    fn refuse_at_cap(&mut self, service: usize, stream: TcpStream, addr: SocketAddr) {
+        self.counters.services[service].refused_limit.add(1);
+        net::set_linger_zero(&stream);
+        drop(stream);
+        let svc = &self.config.services[service];
+        debug!("{}: refused {} (connection cap full)", svc.name, net::canonical_addr(addr));
+        logs::limited_warn(
+            "refuse_at_cap",
+            format_args!(
+                "{}: connection cap full for longer than timeout queue ({:?}): refusing new clients",
+                svc.name, svc.queue_timeout
+            ),
+        );
     }
 
     /// Below the global and the service's connection caps.

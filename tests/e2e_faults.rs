@@ -1626,10 +1626,16 @@ fn echo_token(s: &mut TcpStream, token: u64) -> io::Result<()> {
 }
 
 #[test]
-fn eight_thousand_connections_then_more_than_max_conns_wait_and_are_served() {
+fn eight_thousand_connections_then_more_than_max_conns_wait_then_are_refused_and_recover() {
     const N: usize = 8000;
     const EXTRA: usize = 100;
-    let c = conf(&["", ""], &format!("workers 2\nmax_conns {N}\n"), "  timeout idle 5m\n  check tcp interval 1s\n");
+    const REFUSED: usize = 50;
+    const QUEUE: Duration = Duration::from_secs(3);
+    let c = conf(
+        &["", ""],
+        &format!("workers 2\nmax_conns {N}\n"),
+        &format!("  timeout idle 5m\n  timeout queue {}s\n  check tcp interval 1s\n", QUEUE.as_secs()),
+    );
     let mut lab = Lab::start(&[&["echo-loop"], &["echo-loop"]], &c);
     lab.client(|| {
         for t in 0..4u64 {
@@ -1666,7 +1672,9 @@ fn eight_thousand_connections_then_more_than_max_conns_wait_and_are_served() {
     let rss_full = lab.shunt.rss_kib();
     assert!(rss_full < base.rss_kib + 64 * 1024, "RSS {rss_full} KiB for {N} idle connections");
 
-    // More clients than max_conns: they wait in the backlog, unserved, not refused.
+    // More clients than max_conns: they wait in the backlog, unserved, not refused (for up to
+    // `timeout queue`).
+    let t_extra = Instant::now();
     let mut extra: Vec<TcpStream> = lab.client(|| {
         (0..EXTRA)
             .map(|i| {
@@ -1698,6 +1706,53 @@ fn eight_thousand_connections_then_more_than_max_conns_wait_and_are_served() {
         assert_eq!(u64::from_le_bytes(b), 1_000_000 + i as u64);
     }
     let served_after = t_free.elapsed();
+    assert!(t_free - t_extra < QUEUE, "the test was too slow to free slots within timeout queue");
+    // The cap is full again (the served clients took the freed slots). Clients beyond it now wait
+    // `timeout queue`, then are refused with a reset, each counted once in refused_total{limit}.
+    assert_eq!(lab.active(), N as u64);
+    let refused: Vec<(Duration, io::Result<usize>)> = lab.client(|| {
+        let t0 = Instant::now();
+        let mut late: Vec<TcpStream> = (0..REFUSED)
+            .map(|i| {
+                let mut s = dial(lb_addr(), T).expect("the backlog takes the connection");
+                s.write_all(&(2_000_000 + i as u64).to_le_bytes()).unwrap();
+                s
+            })
+            .collect();
+        late.iter_mut()
+            .map(|s| {
+                let r = s.read(&mut [0u8; 8]);
+                (t0.elapsed(), r)
+            })
+            .collect()
+    });
+    let mut refused_after = Vec::new();
+    for (i, (at, r)) in refused.iter().enumerate() {
+        assert!(
+            matches!(r, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "client {i} beyond a full cap was not refused with a reset: {r:?}"
+        );
+        refused_after.push(*at);
+    }
+    let (first_refusal, last_refusal) = (refused_after[0], refused_after[REFUSED - 1]);
+    assert!(
+        first_refusal >= QUEUE - Duration::from_millis(200) && last_refusal <= QUEUE + Duration::from_secs(2),
+        "refusals came {first_refusal:.2?}-{last_refusal:.2?} after the clients arrived (timeout queue {QUEUE:?})"
+    );
+    let m = lab.metrics();
+    assert_eq!(
+        metric_in(&m, "shunt_service_refused_total{service=\"svc\",reason=\"limit\"}"),
+        Some(REFUSED as f64),
+        "every refusal at the cap counted once"
+    );
+    assert_eq!(metric_in(&m, "shunt_active_connections"), Some(N as f64), "the refusals touched no session");
+    // Recovery: with room again, a new client is served at once.
+    held.drain(..1).for_each(drop);
+    wait_for(T, "a slot freed", || lab.active() < N as u64);
+    lab.client(|| {
+        let mut s = dial(lb_addr(), T).unwrap();
+        echo_token(&mut s, 3_000_000).expect("a client after the cap freed is served");
+    });
     // The long-held connections still carry bytes.
     for (i, s) in held.iter_mut().enumerate().step_by(20) {
         echo_token(s, 5_000_000 + i as u64).unwrap_or_else(|e| panic!("held connection {i}: {e}"));
@@ -1709,7 +1764,10 @@ fn eight_thousand_connections_then_more_than_max_conns_wait_and_are_served() {
     eprintln!(
         "RESULT 8000 connections: opened and echoed in {open_took:.2?}; {sockets} sockets (baseline {}), {pipes} pipe \
          ends, RSS {rss_full} KiB (baseline {} KiB); {EXTRA} more than max_conns waited unserved with \
-         refused_total 0, and were served {served_after:.2?} after {EXTRA} slots freed; {inv}",
+         refused_total 0, and were served {served_after:.2?} after {EXTRA} slots freed; with the cap full \
+         again, {REFUSED} more were refused with a reset {first_refusal:.2?}-{last_refusal:.2?} after arriving \
+         (timeout queue {QUEUE:?}), refused_total{{limit}} = {REFUSED}, and a client was served as soon as a slot \
+         freed; {inv}",
         base.sockets, base.rss_kib
     );
 }

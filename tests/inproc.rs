@@ -286,6 +286,84 @@ fn max_conns_pauses_accepting_and_resumes() {
     stop(r);
 }
 
+/// The error a client past a full cap gets: a reset (on the read, or on the write if it came first).
+fn refused_by_reset(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn max_conns_refuses_with_a_reset_once_full_for_timeout_queue() {
+    let (echo, _) = echo_server();
+    let mut svc = service(vec![("e", echo, 1)]);
+    svc.max_conns = Some(1);
+    svc.queue_timeout = Duration::from_millis(400);
+    let (r, addr) = start(config(vec![svc]));
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).unwrap();
+
+    // The first client past the cap waits `timeout queue`, then gets a reset, not a hang.
+    let t0 = Instant::now();
+    let mut waiting = TcpStream::connect(addr).unwrap();
+    waiting.write_all(b"y").unwrap();
+    waiting.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(refused_by_reset(&mut waiting), "a client past the cap was not refused with a reset");
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(3), "waited {waited:?}");
+    // While the cap stays full, a newcomer is refused without waiting again.
+    let t1 = Instant::now();
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(refused_by_reset(&mut late), "a newcomer at a long-full cap was not refused");
+    assert!(t1.elapsed() < Duration::from_millis(300), "newcomer waited {:?}", t1.elapsed());
+    let snap = r.snapshot();
+    assert_eq!(snap.services[0].refused_limit, 2, "refusals at the cap are counted");
+    assert_eq!(snap.services[0].accepted, 1, "refused clients are not sessions");
+
+    // Room frees: the next client is served, and the held session was never touched.
+    drop(held);
+    wait_for(Duration::from_secs(5), "the held session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    let mut next = TcpStream::connect(addr).unwrap();
+    next.write_all(b"z").unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    next.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"z");
+    assert_eq!(r.snapshot().services[0].refused_limit, 2);
+    stop(r);
+}
+
+#[test]
+fn timeout_queue_zero_refuses_at_once() {
+    let (echo, _) = echo_server();
+    let mut c = config(vec![{
+        let mut svc = service(vec![("e", echo, 1)]);
+        svc.queue_timeout = Duration::ZERO;
+        svc
+    }]);
+    c.max_conns = 1; // the global cap counts as well
+    let (r, addr) = start(c);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).unwrap();
+    let t0 = Instant::now();
+    let mut past = TcpStream::connect(addr).unwrap();
+    past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(refused_by_reset(&mut past), "not refused");
+    assert!(t0.elapsed() < Duration::from_millis(300), "took {:?}", t0.elapsed());
+    assert_eq!(r.snapshot().services[0].refused_limit, 1);
+    held.write_all(b"w").unwrap();
+    held.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"w", "the live session is untouched by the refusal");
+    drop(held);
+    stop(r);
+}
+
 #[test]
 fn sigterm_style_drain_lets_live_sessions_finish() {
     let (echo, _) = echo_server();

@@ -107,7 +107,7 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
     o.family(
         "shunt_service_limit_pauses_total",
         "counter",
-        "Times accepting paused at a connection cap (max_conns); clients wait in the listen backlog.",
+        "Times accepting paused at a connection cap (max_conns); clients wait in the listen backlog up to timeout queue.",
     );
     for s in &snap.services {
         o.sample("shunt_service_limit_pauses_total", &svc_labels(&s.name), s.limit_pauses);

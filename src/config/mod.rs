@@ -59,6 +59,11 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Per-service cap on proxied connections (`max_conns N` inside a service); `None` = no cap.
     pub max_conns: Option<usize>,
+    /// `timeout queue`: how long clients may wait in the listen backlog while a connection cap
+    /// (the service's or the global one) is full. Once no room has freed for that long, waiting
+    /// and new clients are refused with a reset, counted as refused_total{reason="limit"},
+    /// until room frees up. Zero refuses at once.
+    pub queue_timeout: Duration,
     /// `splice on|off|always`: how plain TCP moves (see [`Splice`]).
     pub splice: Splice,
 }

@@ -132,6 +132,7 @@ impl Block {
                 connect_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(600),
                 max_conns: None,
+                queue_timeout: Duration::from_secs(5),
                 splice: Splice::Auto,
             },
             seen: Vec::new(),
@@ -437,7 +438,7 @@ fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
 
 fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     let [kind, d] = a else {
-        return Err(arity("timeout connect|idle DURATION"));
+        return Err(arity("timeout connect|idle|queue DURATION"));
     };
     match text(kind)? {
         "connect" => {
@@ -448,7 +449,11 @@ fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
             once(&mut b.seen, "timeout idle", n)?;
             b.svc.idle_timeout = duration("idle ", text(d)?, false)?;
         }
-        k => return Err(choice("kind", k, &["connect", "idle"])),
+        "queue" => {
+            once(&mut b.seen, "timeout queue", n)?;
+            b.svc.queue_timeout = duration("queue ", text(d)?, true)?;
+        }
+        k => return Err(choice("kind", k, &["connect", "idle", "queue"])),
     }
     Ok(())
 }

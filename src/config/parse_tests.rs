@@ -80,6 +80,7 @@ service cache.v2
   retries 0
   timeout idle 1h
   timeout connect 100ms
+  timeout queue 0s
   max_conns 500
   splice off
 service api_1
@@ -118,16 +119,17 @@ service s
     cache.retries = 0;
     cache.idle_timeout = Duration::from_secs(3600);
     cache.connect_timeout = Duration::from_millis(100);
+    cache.queue_timeout = Duration::ZERO;
     cache.max_conns = Some(500);
     cache.splice = Splice::Off;
-    let mut api = svc("api_1", 33, &[(addr("[::]:80"), 34), (ListenAddr::Any(81), 35)]);
+    let mut api = svc("api_1", 34, &[(addr("[::]:80"), 35), (ListenAddr::Any(81), 36)]);
     api.balance = Balance::First;
-    api.servers = vec![srv("a", "10.0.0.1:80", 37)];
+    api.servers = vec![srv("a", "10.0.0.1:80", 38)];
     let (method, path, expect) = ("GET".into(), "/health?x=1".into(), StatusMatch::Class(2));
     api.check.kind = CheckKind::Http { method, path, expect };
-    let mut s = svc("s", 39, &[(ListenAddr::Any(82), 40)]);
+    let mut s = svc("s", 40, &[(ListenAddr::Any(82), 41)]);
     s.balance = Balance::Source;
-    s.servers = vec![srv("b", "10.0.0.2:1", 42)];
+    s.servers = vec![srv("b", "10.0.0.2:1", 43)];
     let (method, path, expect) = ("HEAD".into(), "/".into(), StatusMatch::Exact(204));
     s.check.kind = CheckKind::Http { method, path, expect };
     s.check.interval = Duration::from_secs(300);
@@ -176,6 +178,7 @@ fn defaults() {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(600),
         max_conns: None,
+        queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
     };
     let want = Config {
@@ -356,7 +359,11 @@ error_cases! {
         => 4, r#"expected: check send "BYTES" expect "BYTES" [options]"#;
     arity_check_http: ok!(+ "check http GET / 200\n")
         => 4, "check http METHOD PATH expect STATUS";
-    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle DURATION";
+    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle|queue DURATION";
+    duplicate_timeout_queue: ok!(+ "timeout queue 1s\ntimeout queue 2s\n")
+        => 5, r#"duplicate "timeout queue" (first given on line 4)"#;
+    queue_timeout_negative: ok!(+ "timeout queue -1s\n")
+        => 4, r#"queue duration "-1s" is negative"#;
     number_zero: ok!("workers 0\n" +) => 1, "workers: 0 is out of range 1-256";
     weight_out_of_range: ok!(+ "server b 127.0.0.1:2 weight 300\n")
         => 4, "weight 300 is out of range 0-256";
@@ -381,7 +388,7 @@ error_cases! {
     balance_unknown: ok!(+ "balance leastconns\n") => 4, r#"did you mean "leastconn"?"#;
     splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off, always";
     timeout_unknown_kind: ok!(+ "timeout read 1s\n")
-        => 4, r#"unknown kind "read": expected one of connect, idle"#;
+        => 4, r#"unknown kind "read": expected one of connect, idle, queue"#;
     check_unknown_kind: ok!(+ "check tpc\n") => 4, r#"(did you mean "tcp"?)"#;
     check_unknown_option: ok!(+ "check tcp intervall 2s\n")
         => 4, r#"one of interval, timeout, rise, fall, port (did you mean "interval"?)"#;

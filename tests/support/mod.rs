@@ -35,6 +35,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_conns: None,
+        queue_timeout: Duration::from_secs(5),
         splice: shunt::config::Splice::Auto,
     }
 }
