@@ -289,10 +289,7 @@ fn max_conns_pauses_accepting_and_resumes() {
 /// The error a client past a full cap gets: a reset (on the read, or on the write if it came first).
 fn refused_by_reset(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        Ok(_) => false,
-    }
+    matches!(s.read_exact(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 #[test]
