@@ -397,3 +397,49 @@ fn backup_serves_a_connection_whose_every_regular_server_just_failed() {
     }
     stop(r);
 }
+
+/// TCP sockets of this machine's loopback in TIME_WAIT whose remote port is `port`
+/// (/proc/net/tcp: `sl local rem st ...`, addresses as HEX_IP:HEX_PORT, TIME_WAIT = 06).
+fn time_wait_towards(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rem_port = f.get(2).and_then(|a| a.split(':').nth(1)).and_then(|p| u16::from_str_radix(p, 16).ok());
+            rem_port == Some(port) && f.get(3) == Some(&"06")
+        })
+        .count()
+}
+
+#[test]
+fn health_probes_leave_no_time_wait_on_the_balancer() {
+    // A server that closes each connection once the probe side has closed (a FIN, read as EOF,
+    // or a reset): with a FIN, the probe side, closing first, would end in TIME_WAIT.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = s.read(&mut [0u8; 64]);
+            });
+        }
+    });
+    let mut svc = service(vec![("s", server, 1)]);
+    svc.check = Check {
+        kind: CheckKind::Tcp,
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+        port: None,
+    };
+    let (r, _) = start(config(vec![svc]));
+    let checks = || r.stats.servers[0][0].checks.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(10), "20 probes", || checks() >= 20);
+    assert!(r.stats.servers[0][0].up.load(Ordering::Relaxed), "the server passed its probes");
+    let lingering = time_wait_towards(server.port());
+    assert_eq!(lingering, 0, "{lingering} probe connection(s) left in TIME_WAIT after {} probes", checks());
+    stop(r);
+}

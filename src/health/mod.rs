@@ -214,6 +214,11 @@ impl HealthThread {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.stream);
+        // The probe is decided: end it with a reset rather than a FIN. Closing first with a FIN
+        // would leave a TIME_WAIT socket here per probe (60 s each: at 1 probe/s per server,
+        // thousands of source ports the traffic to that server also needs). HAProxy ends its
+        // checks the same way. A server that already closed loses nothing either way.
+        crate::net::set_linger_zero(&p.stream);
         let interval = self.config.services[self.targets[i].id.service].check.interval;
         // Keep the cadence: the next probe is due one interval after this one started.
         self.targets[i].next_due = p.started + interval;
