@@ -11,7 +11,8 @@ so slow drifts of the machine hit every candidate alike; each cell is the median
   keepalive  wrk -t1 -c50 keep-alive, GET / (3-byte body): req/s, p99, balancer CPU-s per 100k req
   close      the same with `Connection: close`: new connections/s, p99, CPU-s per 100k connections
   download   wrk -t1 -c8, GET /1m (1 MiB): MiB/s, balancer CPU-s per GB
-  iperf1/4   iperf3 -P 1 and -P 4: Gbit/s, balancer CPU-s per GB
+  iperf1/4   iperf3 -P 1 and -P 4: Gbit/s, balancer CPU-s per GB; as context, how busy the load CPU
+             was and (1 stream) how often the balancer slept and was woken per GB
   idle       N idle proxied connections: balancer RSS (KiB) and descriptors per connection
   syscalls   strace -c during a short keep-alive run (not part of the timed figures)
 The balancer runs on CPU 0; wrk, iperf3, the backends and helper clients on CPU 1.
@@ -235,6 +236,39 @@ def cpu_seconds(pids):
             continue
         total += int(f[11]) + int(f[12])
     return total / CLK_TCK
+
+
+def cpu_ticks(cpus):
+    """(total, idle + iowait) jiffies of the listed CPUs ("1" or "0,1"), from /proc/stat."""
+    wanted = {f"cpu{c}" for c in cpus.split(",")}
+    total = idle = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                v = [int(x) for x in fields[1:]]
+                total += sum(v)
+                idle += v[3] + v[4]
+    return total, idle
+
+
+def wakeups(pids):
+    """Voluntary context switches (sleeps in epoll_wait, mostly) of every thread of these processes."""
+    total = 0
+    for p in pids:
+        for status in Path(f"/proc/{p}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
+def busy_pct(before, after):
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return None if total <= 0 else 100.0 * (total - idle) / total
 
 
 def rss_kib(pids):
@@ -892,9 +926,17 @@ def run_download(inst, cfg, **_):
 
 def run_iperf(streams):
     def run(inst, cfg, **_):
+        # How busy the load CPU (iperf3 client and server) was: at 1 stream it, not the balancer,
+        # is usually what saturates, and then Gbit/s says more about the load core than the balancer.
+        # And how often the balancer went to sleep and was woken (each wake-up costs the waker too).
+        load_before, pids = cpu_ticks(LOAD_CPUS), inst.pids()
+        wake_before = wakeups(pids)
         r, cpu = cpu_block(inst, lambda: iperf3(inst.iperf_port, streams, cfg.duration))
+        load_busy = busy_pct(load_before, cpu_ticks(LOAD_CPUS))
+        woke = per_gb(wakeups(pids) - wake_before, r["bytes"]) if pids else None
         return {"metrics": {"gbit_s": r["bits_per_second"] / 1e9, "bytes": r["bytes"], "retransmits": r["retransmits"],
-                            "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, r["bytes"])},
+                            "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, r["bytes"]), "load_cpu_busy_pct": load_busy,
+                            "wakeups_per_gb": woke},
                 "errors": {}}
     return run
 
@@ -967,6 +1009,10 @@ METRICS = [
     Metric("download", "cpu_per_gb", "Balancer CPU per GB (1 MiB downloads)", "CPU-s", False),
     Metric("iperf1", "cpu_per_gb", "Balancer CPU per GB (iperf3, 1 stream)", "CPU-s", False),
     Metric("iperf4", "cpu_per_gb", "Balancer CPU per GB (iperf3, 4 streams)", "CPU-s", False),
+    # Context, not a score: near 100% the load core, not the balancer, bounds the Gbit/s above.
+    Metric("iperf1", "load_cpu_busy_pct", "Load CPU busy during iperf3, 1 stream", "%", None),
+    Metric("iperf4", "load_cpu_busy_pct", "Load CPU busy during iperf3, 4 streams", "%", None),
+    Metric("iperf1", "wakeups_per_gb", "Balancer sleeps/wake-ups per GB (iperf3, 1 stream)", "per GB", None),
 ]
 
 
@@ -974,7 +1020,8 @@ def one_line(sample):
     m = sample.get("metrics", {})
     parts = []
     for key, unit in (("rps", "req/s"), ("mib_s", "MiB/s"), ("gbit_s", "Gbit/s"), ("p99_ms", "ms p99"),
-                      ("kib_per_conn", "KiB/conn"), ("fds_per_conn", "fds/conn"), ("cpu_s", "CPU-s")):
+                      ("kib_per_conn", "KiB/conn"), ("fds_per_conn", "fds/conn"), ("cpu_s", "CPU-s"),
+                      ("load_cpu_busy_pct", "% load CPU")):
         if m.get(key) is not None:
             parts.append(f"{fmt(m[key])} {unit}")
     if sample.get("errors"):
@@ -1244,7 +1291,7 @@ def machine_line(meta):
 
 
 def metric_table(samples, metric, cands):
-    better = "higher is better" if metric.higher_better else "lower is better"
+    better = {True: "higher is better", False: "lower is better", None: "context, not a score"}[metric.higher_better]
     lines = [f"### {metric.title} ({metric.unit}) — {better}", ""]
     peers = [p for p in PEERS if p in cands and values(samples, metric.figure, p, metric.key)]
     head = ["candidate", "median", "min–max", "runs"] + [f"vs {p}" for p in peers] + ["errors"]
@@ -1277,11 +1324,11 @@ def figures_markdown(results):
         out += [f"**Incomplete run**: {results.get('error') or 'interrupted'}", ""]
     out += ["## Summary (medians)", "",
             "Ratios in the detail tables are this row's median ÷ the peer's median; read them with "
-            "the metric's direction (↑ higher is better, ↓ lower is better).", ""]
+            "the metric's direction (↑ higher is better, ↓ lower is better, · context, not a score).", ""]
     head = ["metric", ""] + cands
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in METRICS:
-        row = [f"{m.title} ({m.unit})", "↑" if m.higher_better else "↓"]
+        row = [f"{m.title} ({m.unit})", {True: "↑", False: "↓", None: "·"}[m.higher_better]]
         for c in cands:
             v = med(values(samples, m.figure, c, m.key))
             flag = " ⚠" if error_notes(samples, m.figure, c) else ""
