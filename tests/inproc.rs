@@ -283,7 +283,19 @@ fn max_conns_pauses_accepting_and_resumes() {
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     third.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"y", "served once a slot freed");
+    drop((held, third)); // stop() drains: nothing left to wait for
     stop(r);
+}
+
+/// A client whose first message came back through the echo server: its session is live.
+fn echoed(addr: std::net::SocketAddr, msg: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+    s
 }
 
 /// The error a client past a full cap gets: a reset (on the read, or on the write if it came first).
@@ -299,10 +311,7 @@ fn max_conns_refuses_with_a_reset_once_full_for_timeout_queue() {
     svc.max_conns = Some(1);
     svc.queue_timeout = Duration::from_millis(400);
     let (r, addr) = start(config(vec![svc]));
-    let mut held = TcpStream::connect(addr).unwrap();
-    held.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    held.read_exact(&mut b).unwrap();
+    let held = echoed(addr, b"x");
 
     // The first client past the cap waits `timeout queue`, then gets a reset, not a hang.
     let t0 = Instant::now();
@@ -322,14 +331,10 @@ fn max_conns_refuses_with_a_reset_once_full_for_timeout_queue() {
     assert_eq!(snap.services[0].refused_limit, 2, "refusals at the cap are counted");
     assert_eq!(snap.services[0].accepted, 1, "refused clients are not sessions");
 
-    // Room frees: the next client is served, and the held session was never touched.
+    // Room frees: the next client is served.
     drop(held);
     wait_for(Duration::from_secs(5), "the held session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
-    let mut next = TcpStream::connect(addr).unwrap();
-    next.write_all(b"z").unwrap();
-    next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    next.read_exact(&mut b).unwrap();
-    assert_eq!(&b, b"z");
+    echoed(addr, b"z");
     assert_eq!(r.snapshot().services[0].refused_limit, 2);
     stop(r);
 }
@@ -344,10 +349,7 @@ fn timeout_queue_zero_refuses_at_once() {
     }]);
     c.max_conns = 1; // the global cap counts as well
     let (r, addr) = start(c);
-    let mut held = TcpStream::connect(addr).unwrap();
-    held.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    held.read_exact(&mut b).unwrap();
+    let mut held = echoed(addr, b"x");
     let t0 = Instant::now();
     let mut past = TcpStream::connect(addr).unwrap();
     past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -355,6 +357,7 @@ fn timeout_queue_zero_refuses_at_once() {
     assert!(t0.elapsed() < Duration::from_millis(300), "took {:?}", t0.elapsed());
     assert_eq!(r.snapshot().services[0].refused_limit, 1);
     held.write_all(b"w").unwrap();
+    let mut b = [0u8; 1];
     held.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"w", "the live session is untouched by the refusal");
     drop(held);
