@@ -36,8 +36,15 @@ echo "run-demo: building (release)…"
 "$CARGO" build --release --bins --examples
 
 pids=()
+shunt_pid=
 cleanup() {
   local pid
+  # shunt first (a drain, if it still runs: the script itself failed or was killed), then the
+  # backends it was draining to.
+  if [ -n "$shunt_pid" ] && kill -0 "$shunt_pid" 2>/dev/null; then
+    kill -TERM "$shunt_pid" 2>/dev/null || true
+    wait "$shunt_pid" 2>/dev/null || true
+  fi
   for pid in "${pids[@]+"${pids[@]}"}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -46,12 +53,21 @@ cleanup() {
   done
 }
 trap cleanup EXIT
-# On Ctrl-C/TERM, let the EXIT trap do the cleanup, with the conventional exit status.
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Ctrl-C/TERM: once shunt runs, pass the signal on (a first one drains, a second one stops it at
+# once, as with shunt alone) and go on waiting for it; before that, just exit (the EXIT trap
+# cleans up) with the conventional status.
+on_signal() {
+  if [ -n "$shunt_pid" ] && kill -0 "$shunt_pid" 2>/dev/null; then
+    kill -"$1" "$shunt_pid" 2>/dev/null || true
+  else
+    exit "$2"
+  fi
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
 
-# setsid: the backends leave the terminal's process group, so Ctrl-C reaches only shunt (and this
-# script), and they keep serving while shunt drains; the EXIT trap then stops them by PID.
+# setsid: the backends leave the terminal's process group, so Ctrl-C reaches only this script,
+# and they keep serving while shunt drains; the EXIT trap then stops them by PID.
 for b in "${BACKENDS[@]}"; do
   read -r name addr <<<"$b"
   setsid target/release/examples/demo_backend --listen "$addr" --name "$name" &
@@ -81,6 +97,14 @@ cat <<MSG
 
 MSG
 
+# shunt runs in the background, in its own session, so that this script (not the terminal)
+# decides what reaches it and can still react to a TERM sent to it alone: bash runs traps only
+# between commands, and `wait` is one it can interrupt, where a foreground child is not.
+setsid target/release/shunt -c "$CONF" &
+shunt_pid=$!
+while kill -0 "$shunt_pid" 2>/dev/null; do
+  wait "$shunt_pid" || true
+done
 rc=0
-target/release/shunt -c "$CONF" || rc=$?
+wait "$shunt_pid" || rc=$?
 exit "$rc"

@@ -1,0 +1,159 @@
+//! `make run` end to end: scripts/run-demo.sh starts two demo backends and shunt with
+//! conf/shunt.conf; traffic is balanced over both, the status endpoint answers, and Ctrl-C (a
+//! SIGINT to the script's process group, as a terminal sends it) drains shunt, lets a live
+//! session finish and stops everything the script started. So does a TERM sent to the script
+//! alone (a supervisor, `timeout make run`).
+//!
+//! The demo's addresses are fixed (127.0.0.1:8080, :9090, :9001, :9002, outside the ephemeral
+//! range the other tests draw from). If one is taken, somebody is running the demo: the test
+//! says so and does not run, rather than fail on their machine.
+
+mod common;
+
+use common::*;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORTS: [u16; 4] = [9001, 9002, 8080, 9090];
+
+fn accepting(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// The script and what it started; on drop (a failed assertion included) everything is stopped.
+struct Demo {
+    script: Child,
+    log: PathBuf,
+    started: Vec<u32>,
+    names: Vec<String>,
+}
+
+impl Demo {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The script exits 0 within 20 s, every process it started is gone, every port is free, and
+    /// shunt said it shut down cleanly.
+    fn expect_clean_exit(&mut self) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = self.script.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "run-demo.sh did not exit:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "run-demo.sh exited {status}:\n{}", self.log_text());
+        for &pid in &self.started {
+            wait_for(Duration::from_secs(5), "every process the demo started gone", || comm(pid).is_none());
+        }
+        for p in PORTS {
+            assert!(!accepting(p), "127.0.0.1:{p} still accepts after the demo stopped");
+        }
+        let out = self.log_text();
+        assert!(out.contains("shut down cleanly") && !out.contains("panicked"), "{out}");
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.script.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // why unsafe: kill(2) on pids this test started.
+        unsafe { libc::kill(self.script.id() as i32, libc::SIGTERM) };
+        let _ = self.script.wait();
+        for &pid in &self.started {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts scripts/run-demo.sh in its own process group (like a job in a terminal) and waits
+/// until the status endpoint answers; returns it and how long that took.
+fn start_demo(log: &Path) -> (Demo, Duration) {
+    let out = File::create(log).unwrap();
+    let script = Command::new("bash")
+        .arg(repo_root().join("scripts/run-demo.sh"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("start scripts/run-demo.sh");
+    let mut demo = Demo { script, log: log.to_path_buf(), started: Vec::new(), names: Vec::new() };
+    // It builds first (a no-op after `make test`'s build), then starts everything.
+    let t0 = Instant::now();
+    while !(accepting(9090) && http_get("127.0.0.1:9090", "/healthz").0 == 200) {
+        if let Ok(Some(st)) = demo.script.try_wait() {
+            panic!("run-demo.sh exited ({st}) before the demo came up:\n{}", demo.log_text());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "the demo did not come up:\n{}", demo.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    demo.started = child_pids(demo.script.id());
+    demo.names = demo.started.iter().filter_map(|&p| comm(p)).collect();
+    let backends = demo.names.iter().filter(|n| n.as_str() == "demo_backend").count();
+    assert!(backends == 2 && demo.names.iter().any(|n| n == "shunt"), "children: {:?}", demo.names);
+    (demo, t0.elapsed())
+}
+
+#[test]
+fn make_run_serves_both_backends_and_ctrl_c_or_term_drains_and_stops_everything() {
+    if let Some(p) = PORTS.into_iter().find(|&p| accepting(p)) {
+        eprintln!("SKIPPED: 127.0.0.1:{p} is in use (is `make run` running?); the demo needs it");
+        return;
+    }
+    let dir = TempDir::new("demo");
+    let (mut demo, came_up) = start_demo(&dir.join("demo.log"));
+    // Round robin over both backends.
+    let bodies: Vec<String> = (0..4).map(|_| http_get("127.0.0.1:8080", "/").1).collect();
+    for name in ["web-01", "web-02"] {
+        assert_eq!(bodies.iter().filter(|b| b.contains(&format!("hello from {name}"))).count(), 2, "{bodies:?}");
+    }
+    let (code, status) = http_get("127.0.0.1:9090", "/status");
+    assert_eq!(code, 200);
+    assert_eq!(status.matches("\"state\":\"up\"").count(), 2, "both servers up: {status}");
+    let (code, page) = http_get("127.0.0.1:9090", "/");
+    assert!(code == 200 && page.contains("<html"), "status page: {code}");
+
+    // A session live when Ctrl-C comes: the drain lets it finish.
+    let mut live = connect("127.0.0.1:8080");
+    wait_for(Duration::from_secs(10), "the live session accepted by shunt", || {
+        http_get("127.0.0.1:9090", "/status").1.contains("\"active_connections\":1,")
+    });
+    // why unsafe: kill(2) on the process group this test created.
+    unsafe { libc::kill(-(demo.script.id() as i32), libc::SIGINT) };
+    let t_sigint = Instant::now();
+    wait_for(Duration::from_secs(10), "shunt draining", || demo.log_text().contains("stop signal"));
+    wait_for(Duration::from_secs(5), "the listener closed while draining", || !accepting(8080));
+    live.write_all(b"GET / HTTP/1.0\r\nHost: demo\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    live.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("hello from web-0"), "the live session was cut: {answer:?}");
+    drop(live); // the client's FIN: the session is over, so is the drain
+
+    let t_exit = Instant::now();
+    let drained_in = t_exit.duration_since(t_sigint);
+    demo.expect_clean_exit();
+    let exit_took = t_exit.elapsed();
+
+    // A TERM sent to the script alone (a supervisor, `timeout make run`) stops everything too.
+    let (mut demo, _) = start_demo(&dir.join("demo-term.log"));
+    // why unsafe: kill(2) on the script this test started.
+    unsafe { libc::kill(demo.script.id() as i32, libc::SIGTERM) };
+    demo.expect_clean_exit();
+    eprintln!(
+        "RESULT make run: up in {came_up:.2?} ({names:?}), 4 requests balanced 2/2, status page and /status up; \
+         Ctrl-C: live session finished in the drain ({drained_in:.2?}), script exited 0 in {exit_took:.2?}, \
+         every process it started gone, ports free; the same after a TERM to the script alone",
+        names = demo.names
+    );
+}
