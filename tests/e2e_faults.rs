@@ -316,6 +316,21 @@ fn query(seed: u64, len: u64, epoch: Instant) -> Outcome {
     query_at(lb_addr(), seed, len, T, epoch)
 }
 
+/// Sends small requests every 20 ms until one is served; returns how long after `since` that
+/// was. Fails the test if none is served within `limit` of `since`.
+fn first_served_since(since: Instant, limit: Duration, seed: u64, what: &str) -> Duration {
+    let epoch = Instant::now();
+    for i in 0.. {
+        let o = query(seed + i, 1000, epoch);
+        if o.ok() {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < limit, "no request served within {limit:?} {what}: {o:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    unreachable!()
+}
+
 /// An echo session of `len` bytes of stream `seed`, in chunks of up to `chunk_max` bytes, each
 /// read back before the next is sent; then FIN, and a clean EOF must follow. With `abort_at`,
 /// the client resets the connection once that many bytes went out (with one more chunk in
@@ -1381,19 +1396,7 @@ fn all_servers_down_is_refused_fast_and_service_returns_within_rise() {
     lab.restart(0);
     lab.restart(1);
     let t_back = Instant::now();
-    let first_ok = lab.client(|| {
-        let epoch = Instant::now();
-        let mut i = 0;
-        loop {
-            let o = query(80_000 + i, 1000, epoch);
-            if o.ok() {
-                return t_back.elapsed();
-            }
-            assert!(t_back.elapsed() < T, "no request served {T:?} after the servers came back: {o:?}");
-            i += 1;
-            thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let first_ok = lab.client(|| first_served_since(t_back, T, 80_000, "after the servers came back"));
     wait_for(T, "both servers UP", || lab.up_lines("s0") > ups.0 && lab.up_lines("s1") > ups.1);
     let both_up = t_back.elapsed();
     assert!(
@@ -1856,19 +1859,7 @@ fn ephemeral_port_squeeze_fails_over_to_the_backup_then_refuses_cleanly_and_reco
         }
     });
     wait_for(T, "held sessions closed", || lab.active() == 0);
-    let recovered = lab.client(|| {
-        let epoch = Instant::now();
-        let mut i = 0;
-        loop {
-            let o = query(500_000 + i, 1000, epoch);
-            if o.ok() {
-                return t_release.elapsed();
-            }
-            assert!(t_release.elapsed() < Duration::from_secs(20), "not recovered: {o:?}");
-            i += 1;
-            thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let recovered = lab.client(|| first_served_since(t_release, Duration::from_secs(20), 500_000, "after release"));
     let s0_back = wait_served_by(&lab, "s0", t_release, Duration::from_secs(20));
     let outs = sequential(&lab, 20, 1000, 600_000);
     assert!(outs.iter().all(Outcome::ok), "{outs:?}");
