@@ -15,8 +15,10 @@ pub mod runtime;
 pub mod session;
 pub mod shared;
 pub mod snapshot;
+mod sys;
 pub mod timer;
 pub mod token;
 pub mod worker;
 
 pub use runtime::{start, Control, Running, StartError};
+pub use sys::raise_fd_limit;

@@ -68,18 +68,6 @@ fn init_logging(level: log::LevelFilter) {
     builder.init();
 }
 
-/// Raises the soft descriptor limit to the hard one: every proxied connection costs two.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // why unsafe: get/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args_os().skip(1)) {
         Ok(Some(args)) => args,
@@ -101,7 +89,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_level);
-    raise_fd_limit();
+    shunt::raise_fd_limit();
 
     // Signals are blocked into an iterator before any thread starts, so none is lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {

@@ -25,6 +25,22 @@ impl Counter {
     }
 }
 
+/// A gauge with a single writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// Upper bounds (seconds) of the server connect-time histogram.
 pub const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// Upper bounds (seconds) of the session-duration histogram.
@@ -135,6 +151,12 @@ impl Default for ServiceCounters {
 /// Everything one worker counts.
 #[derive(Debug)]
 pub struct WorkerCounters {
+    /// Sessions in the worker's table now (set once per loop turn).
+    pub sessions: Gauge,
+    /// Deadlines in the worker's timer heap now: at most one per live session.
+    pub timers: Gauge,
+    /// Pipes the worker holds now, lent to flows and idle in its pool (two descriptors each).
+    pub pipes: Gauge,
     pub services: Vec<ServiceCounters>,
     /// `servers[service][server]`.
     pub servers: Vec<Vec<ServerCounters>>,
@@ -143,6 +165,9 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     pub fn new(config: &crate::config::Config) -> WorkerCounters {
         WorkerCounters {
+            sessions: Gauge::default(),
+            timers: Gauge::default(),
+            pipes: Gauge::default(),
             services: config.services.iter().map(|_| ServiceCounters::default()).collect(),
             servers: config
                 .services

@@ -5,7 +5,6 @@ use crate::config::ListenAddr;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 
 /// IPv4 clients of a dual-stack `[::]` listener appear as `::ffff:a.b.c.d`; ACLs, per-source
 /// limits, hashing and logs all want the plain IPv4 address.
@@ -49,27 +48,11 @@ pub fn bind_listener(addr: &ListenAddr, reuse_port: bool) -> io::Result<std::net
     Ok(socket.into())
 }
 
-/// A new non-blocking socket connecting to `addr`; the connect completes (or fails) later and
-/// is reported as writability (see mio's `TcpStream::connect`).
-pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
-    let stream = mio::net::TcpStream::connect(addr)?;
-    Ok(stream)
-}
-
 /// Makes the next `close()` send RST instead of FIN: used to pass an abort on to the other
 /// peer and to shed connections we refuse without leaving TIME_WAIT behind.
-pub fn set_linger_zero(fd: &impl AsRawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // why unsafe: setsockopt with a valid fd and a correctly sized, initialised struct.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+pub fn set_linger_zero(socket: &impl std::os::fd::AsFd) {
+    // why ignore errors: only EBADF/ENOTSOCK are possible, and callers hold a live TCP socket.
+    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// Number of open descriptors of this process (for metrics and tests).
@@ -81,12 +64,4 @@ pub fn open_fds() -> usize {
 /// not spin, and resume later.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
-}
-
-/// The soft `RLIMIT_NOFILE` of this process, if it has a finite one.
-pub fn fd_limit() -> Option<usize> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // why unsafe: getrlimit fills a struct we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as usize)
 }

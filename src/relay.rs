@@ -7,20 +7,23 @@
 //! one pipe or one buffer per direction, whatever the peers do.
 
 use crate::config::Splice;
+use crate::sys;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// Pipe size requested with `F_SETPIPE_SZ`. The kernel's default is 64 KiB; 256 KiB moves a
 /// bulk transfer in a quarter of the splice calls (measured: CPU per GB -15 to -25% in
 /// scripts/bench.sh), and costs nothing while idle: a pipe holds pages only while bytes are in
-/// flight, and it goes back to the pool when empty. 1 MiB measured no better.
+/// flight, and it goes back to the pool when empty. 1 MiB measured no better. The kernel may
+/// grant less (see [`Pipe::new`]); flows use the size it really has.
 pub const PIPE_SIZE: usize = 256 * 1024;
 /// Buffer size of the copy path. Matches the largest TLS record so TLS can share it later.
 pub const BUF_SIZE: usize = 16 * 1024;
-/// Idle pipes and buffers a worker keeps for reuse; more are freed. Each idle pipe holds two
-/// descriptors, so this bounds what the pool takes from the descriptor budget.
+/// Idle buffers a worker keeps for reuse (idle pipes: see [`Pools::new`]).
 const POOL_MAX_IDLE: usize = 256;
-/// Fill/drain rounds one flow may run per worker turn (up to 64 x 64 KiB = 4 MiB with splice).
+/// Fill/drain rounds one flow may run per worker turn (up to 64 pipes' worth, 16 MiB, with
+/// splice; 1 MiB with the copy path).
 const TURN_BUDGET: usize = 64;
 /// Reads and splices smaller than this (and than the room offered) mark small messages.
 const BULK_SPLICE: usize = 4096;
@@ -29,21 +32,27 @@ const BULK_SPLICE: usize = 4096;
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What the kernel granted: `PIPE_SIZE`, or less (see [`Pipe::new`]).
+    capacity: usize,
 }
+
+/// Set once the kernel granted a pipe smaller than asked, so the warning is given once.
+static SMALL_PIPE_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // why unsafe: pipe2 writes two descriptors into the array we own; we take ownership
-        // of both right after checking the result.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        let (read, write) = sys::pipe()?;
+        // A smaller pipe still works, it just moves less per call. The kernel refuses a bigger
+        // one to a user past `fs.pipe-user-pages-soft` and may then give as little as a page:
+        // the flow must use the real size, or it would offer room the pipe does not have.
+        let capacity = sys::set_pipe_size(write.as_fd(), PIPE_SIZE).unwrap_or(4096);
+        if capacity < PIPE_SIZE && !SMALL_PIPE_WARNED.swap(true, Relaxed) {
+            log::warn!(
+                "pipes get {capacity} bytes, not the {PIPE_SIZE} asked for (fs.pipe-user-pages-soft or \
+                 pipe-max-size): bulk transfers take more splice calls"
+            );
         }
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // Best effort: a smaller pipe still works, it just moves less per call.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        Ok(Pipe { read, write })
+        Ok(Pipe { read, write, capacity })
     }
 }
 
@@ -66,31 +75,56 @@ pub enum Channel {
     Buf(Buffer),
 }
 
+impl Channel {
+    fn capacity(&self) -> usize {
+        match self {
+            Channel::Pipe(p) => p.capacity,
+            Channel::Buf(b) => b.data.len(),
+        }
+    }
+}
+
 /// Reusable pipes and buffers of one worker.
-#[derive(Default)]
 pub struct Pools {
     pipes: Vec<Pipe>,
     bufs: Vec<Buffer>,
     /// Pipes currently lent to flows (for metrics and tests).
     pub pipes_lent: usize,
+    /// Pipes this worker may hold at once, lent and idle together: its share of the descriptor
+    /// budget (each pipe holds two). Past it, flows take the copy path instead.
+    pipe_budget: usize,
+}
+
+impl Default for Pools {
+    fn default() -> Pools {
+        Pools::new(usize::MAX / 2)
+    }
 }
 
 impl Pools {
-    /// A pipe when `splice` is wanted and one can be had; otherwise a buffer. Running out of
-    /// descriptors for a pipe degrades to the copy path instead of failing the session.
+    /// A pool that holds at most `pipe_budget` pipes at once.
+    pub fn new(pipe_budget: usize) -> Pools {
+        Pools { pipes: Vec::new(), bufs: Vec::new(), pipes_lent: 0, pipe_budget }
+    }
+
+    /// A pipe when `splice` is wanted and one can be had within the budget; otherwise a buffer.
+    /// Running out of descriptors (or budget) for a pipe degrades to the copy path instead of
+    /// failing the session.
     fn take(&mut self, pipe: bool) -> Channel {
         if pipe {
             if let Some(p) = self.pipes.pop() {
                 self.pipes_lent += 1;
                 return Channel::Pipe(p);
             }
-            match Pipe::new() {
-                Ok(p) => {
-                    self.pipes_lent += 1;
-                    return Channel::Pipe(p);
-                }
-                Err(e) => {
-                    crate::logs::limited_warn("pipe", format_args!("pipe2 failed ({e}); copying through a buffer"))
+            if self.pipes_lent < self.pipe_budget {
+                match Pipe::new() {
+                    Ok(p) => {
+                        self.pipes_lent += 1;
+                        return Channel::Pipe(p);
+                    }
+                    Err(e) => {
+                        crate::logs::limited_warn("pipe", format_args!("pipe2 failed ({e}); copying through a buffer"))
+                    }
                 }
             }
         }
@@ -102,7 +136,8 @@ impl Pools {
         match chan {
             Channel::Pipe(p) => {
                 self.pipes_lent -= 1;
-                if self.pipes.len() < POOL_MAX_IDLE {
+                // Idle pipes count against the budget too: keep only what lent ones leave room for.
+                if self.pipes.len() + self.pipes_lent < self.pipe_budget {
                     self.pipes.push(p);
                 }
             }
@@ -114,6 +149,11 @@ impl Pools {
                 }
             }
         }
+    }
+
+    /// Pipes held now, lent and idle (each is two descriptors).
+    pub fn pipes_held(&self) -> usize {
+        self.pipes.len() + self.pipes_lent
     }
 }
 
@@ -146,7 +186,9 @@ pub struct Flow {
     pub src_eof: bool,
     /// We sent FIN (`shutdown(SHUT_WR)`) to the destination.
     pub dst_shut: bool,
-    /// Bytes delivered to the destination.
+    /// Bytes written to the destination socket, i.e. handed to its kernel, which delivers them
+    /// even after we close it with a FIN. A close with a reset discards what the peer has not
+    /// acknowledged yet: the session then takes those bytes off again (see `Session::close`).
     pub delivered: u64,
     /// The last `pump` stopped on its turn budget with work left: edge-triggered epoll will
     /// not say so again, so the worker must come back to this flow by itself.
@@ -173,8 +215,8 @@ impl Flow {
     #[allow(clippy::too_many_arguments)] // why: both ends and both readiness views are the flow's inputs
     pub fn pump(
         &mut self,
-        src: RawFd,
-        dst: RawFd,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
         src_ready: &mut Ready,
         dst_ready: &mut Ready,
         pools: &mut Pools,
@@ -221,7 +263,7 @@ impl Flow {
                     }
                 }
             }
-            if !self.src_eof && src_ready.readable && self.pending < capacity(self.chan.as_ref()) {
+            if !self.src_eof && src_ready.readable && self.chan.as_ref().is_none_or(|c| self.pending < c.capacity()) {
                 let want_pipe = match splice {
                     Splice::Always => true,
                     Splice::Auto => self.bulk,
@@ -291,14 +333,15 @@ impl Flow {
             if !last {
                 // why ignore errors: ENOTCONN means the peer is already gone; the next read
                 // or write on it reports that with the right side attached.
-                unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                let _ = socket2::SockRef::from(&dst).shutdown(std::net::Shutdown::Write);
             }
         }
         self.delivered += delivered as u64;
         Ok(delivered)
     }
 
-    /// Ends the flow without delivering what is pending (its destination is gone).
+    /// Ends the flow without delivering what is pending (its destination is gone, or the
+    /// session is closing), handing its channel back.
     pub fn abandon(&mut self, pools: &mut Pools) {
         self.src_eof = true;
         self.dst_shut = true;
@@ -311,25 +354,15 @@ impl Flow {
             }
         }
     }
-
-    /// Hands the channel back when the session goes away.
-    pub fn release(&mut self, pools: &mut Pools) {
-        self.abandon(pools);
-    }
-}
-
-fn capacity(chan: Option<&Channel>) -> usize {
-    match chan {
-        Some(Channel::Buf(_)) => BUF_SIZE,
-        // Before the channel exists we do not know its kind; any non-zero room will do.
-        Some(Channel::Pipe(_)) | None => PIPE_SIZE,
-    }
 }
 
 /// Reads into the channel: `(bytes read, bytes asked for)`.
-fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<(usize, usize)> {
+fn fill(chan: &mut Channel, src: BorrowedFd<'_>, pending: usize) -> io::Result<(usize, usize)> {
     match chan {
-        Channel::Pipe(p) => splice(src, p.write.as_raw_fd(), PIPE_SIZE - pending).map(|n| (n, PIPE_SIZE - pending)),
+        Channel::Pipe(p) => {
+            let room = p.capacity - pending;
+            sys::splice(src, p.write.as_fd(), room).map(|n| (n, room))
+        }
         Channel::Buf(b) => {
             if b.start == b.end {
                 b.start = 0;
@@ -340,49 +373,21 @@ fn fill(chan: &mut Channel, src: RawFd, pending: usize) -> io::Result<(usize, us
                 b.start = 0;
             }
             let room = &mut b.data[b.end..];
-            // why unsafe: read(2) into a slice we own, bounded by its length.
-            let n = unsafe { libc::read(src, room.as_mut_ptr().cast(), room.len()) };
-            let n = cvt(n)?;
+            let asked = room.len();
+            let n = sys::read(src, room)?;
             b.end += n;
-            Ok((n, room.len()))
+            Ok((n, asked))
         }
     }
 }
 
-fn drain(chan: &mut Channel, dst: RawFd, pending: usize) -> io::Result<usize> {
+fn drain(chan: &mut Channel, dst: BorrowedFd<'_>, pending: usize) -> io::Result<usize> {
     match chan {
-        Channel::Pipe(p) => splice(p.read.as_raw_fd(), dst, pending),
+        Channel::Pipe(p) => sys::splice(p.read.as_fd(), dst, pending),
         Channel::Buf(b) => {
-            let data = &b.data[b.start..b.end];
-            // why unsafe: send(2) from a slice we own; MSG_NOSIGNAL so a closed peer is an
-            // EPIPE error on this session, not a process-wide SIGPIPE.
-            let n = unsafe { libc::send(dst, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-            let n = cvt(n)?;
+            let n = sys::send(dst, &b.data[b.start..b.end])?;
             b.start += n;
             Ok(n)
         }
-    }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // why unsafe: splice(2) between two descriptors we own, no user memory involved.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    cvt(n)
-}
-
-fn cvt(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }

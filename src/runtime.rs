@@ -178,7 +178,7 @@ const FD_RESERVE: usize = 64;
 fn descriptor_cap(config: &Config, workers: usize) -> usize {
     let listeners: usize = config.services.iter().map(|s| s.binds.len()).sum::<usize>() * workers;
     let servers: usize = config.services.iter().map(|s| s.servers.len()).sum();
-    let Some(limit) = net::fd_limit() else { return config.max_conns };
+    let Some(limit) = crate::sys::fd_limit() else { return config.max_conns };
     let room = limit.saturating_sub(FD_RESERVE + listeners + servers) / 2;
     if room < config.max_conns {
         // Only a cap the operator asked for deserves a warning; the default is just a ceiling.

@@ -4,16 +4,24 @@
 //! The session never touches the poll registry, the balancer or the clock: the worker feeds
 //! it readiness and `now`, and acts on the [`Step`] it returns. Phases:
 //! `Connecting` (a backend connect is in flight; client bytes wait in the client's socket, so a
-//! retry on another server is always safe) → `Streaming` → closed by the worker.
+//! retry on another server is always safe) → `Streaming` → closed by the worker; or, when a
+//! peer resets, `Streaming` → `Aborting` (its last bytes reach the other peer, then that peer
+//! gets the reset) → closed.
 
-use crate::config::Splice;
+use crate::config::{Splice, Timeouts};
 use crate::logs::Cause;
 use crate::relay::{Flow, FlowError, Pools, Ready};
+use crate::sys;
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+/// First wait between two looks at the survivor's unacknowledged bytes in `Aborting`; it
+/// doubles up to `ACK_POLL_MAX` while the peer takes nothing, and starts again on progress.
+const ACK_POLL_MIN: Duration = Duration::from_millis(2);
+const ACK_POLL_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -21,19 +29,23 @@ pub enum Phase {
     Connecting { since: Instant },
     /// Connected: bytes flow both ways.
     Streaming,
+    /// `failed` reset (or failed): what it sent before still goes to the other peer, the
+    /// survivor; once the survivor's kernel acknowledged all of it, the survivor gets a reset,
+    /// as it would have without a proxy in between (a FIN would pass a cut-off stream for a
+    /// complete one). Nothing more is read from the survivor.
+    Aborting { failed: Side },
 }
 
 /// What the worker must do after feeding the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Continue,
-    /// Close both sides. For aborts the worker resets the surviving peer (RST), mirroring what
-    /// it would have seen without a proxy in between.
+    /// Close both sides (see [`Session::close`]).
     Close(Cause),
 }
 
 pub struct Session {
-    /// Unique per worker over its lifetime; guards timer entries against slot reuse.
+    /// Unique per worker over its lifetime; guards deferred work against slot reuse.
     pub id: u64,
     pub service: usize,
     pub client: TcpStream,
@@ -49,15 +61,22 @@ pub struct Session {
     backend_ready: Ready,
     pub up: Flow,
     pub down: Flow,
+    /// The service's timeouts when the session started (a reload does not change them).
+    pub timeouts: Timeouts,
     pub started: Instant,
-    /// Last time a byte moved either way (the idle timeout runs from here).
+    /// Last time a byte moved either way, or, in `Aborting`, the survivor's peer acknowledged
+    /// more: the idle and fin timeouts run from here.
     pub last_active: Instant,
     /// Time from the start of the successful connect to its completion.
     pub connect_time: Option<Duration>,
-    /// Earliest deadline currently queued in the worker's timer heap for this session.
+    /// The deadline currently set in the worker's timers for this session: never later than
+    /// the real one (`deadline()`), which only moves later while bytes flow.
     pub timer_armed: Option<Instant>,
-    /// A side that reset or failed: the flow out of it is being flushed, then we close.
-    aborted: Option<Side>,
+    /// In `Aborting`, once every byte is written: the survivor's unacknowledged bytes at the
+    /// last look, and when to look again.
+    unacked: Option<(usize, Instant)>,
+    /// The wait before the next look at `unacked` (doubles while nothing is acknowledged).
+    ack_poll: Duration,
     splice: Splice,
     /// The worker closed it during this event batch; its slot is freed after the batch so
     /// events still queued for it cannot reach a new session in the same slot.
@@ -71,6 +90,7 @@ impl Session {
         client: TcpStream,
         client_addr: SocketAddr,
         splice: Splice,
+        timeouts: Timeouts,
         now: Instant,
     ) -> Session {
         Session {
@@ -87,11 +107,13 @@ impl Session {
             backend_ready: Ready::default(),
             up: Flow::default(),
             down: Flow::default(),
+            timeouts,
             started: now,
             last_active: now,
             connect_time: None,
             timer_armed: None,
-            aborted: None,
+            unacked: None,
+            ack_poll: ACK_POLL_MIN,
             splice,
             closed: false,
         }
@@ -127,44 +149,32 @@ impl Session {
         self.last_active = now;
     }
 
-    /// When the session must next be looked at by the timer.
-    pub fn deadline(&self, connect_timeout: Duration, idle_timeout: Duration) -> Instant {
+    /// When the session must next be looked at: the connect timeout while connecting; the idle
+    /// timeout while streaming, or the (shorter) fin timeout once one direction is finished;
+    /// while aborting, the fin timeout, or sooner the next look at what the survivor's peer
+    /// acknowledged.
+    pub fn deadline(&self) -> Instant {
+        let t = &self.timeouts;
         match self.phase {
-            Phase::Connecting { since } => since + connect_timeout,
-            Phase::Streaming => self.last_active + idle_timeout,
+            Phase::Connecting { since } => since + t.connect,
+            Phase::Streaming if self.up.done() || self.down.done() => self.last_active + t.idle.min(t.fin),
+            Phase::Streaming => self.last_active + t.idle,
+            Phase::Aborting { .. } => {
+                let fin = self.last_active + t.fin;
+                self.unacked.map_or(fin, |(_, next_look)| next_look.min(fin))
+            }
         }
     }
 
     /// Moves bytes both ways as far as readiness allows. Returns the step and the bytes
-    /// delivered (to the server, to the client) by this call, including bytes delivered just
+    /// written (to the server, to the client) by this call, including bytes written just
     /// before a failure.
     pub fn pump(&mut self, now: Instant, pools: &mut Pools) -> (Step, usize, usize) {
-        let Some(backend) = self.backend.as_ref() else {
-            return (Step::Continue, 0, 0);
-        };
-        debug_assert_eq!(self.phase, Phase::Streaming);
-        let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
         let (up_before, down_before) = (self.up.delivered, self.down.delivered);
-        if self.aborted.is_none() {
-            let last = self.down.done();
-            match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last) {
-                Ok(_) => {}
-                Err(FlowError::Source(_)) => self.aborted = Some(Side::Client),
-                Err(FlowError::Dest(_)) => self.aborted = Some(Side::Backend),
-            }
-        }
-        if self.aborted.is_none() {
-            let last = self.up.done();
-            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
-                Ok(_) => {}
-                Err(FlowError::Source(_)) => self.aborted = Some(Side::Backend),
-                Err(FlowError::Dest(_)) => self.aborted = Some(Side::Client),
-            }
-        }
-        let step = match self.aborted {
-            Some(failed) => self.flush_after_abort(failed, pools),
-            None if self.up.done() && self.down.done() => Step::Close(Cause::Normal),
-            None => Step::Continue,
+        let step = match self.phase {
+            Phase::Connecting { .. } => Step::Continue,
+            Phase::Streaming => self.stream(now, pools),
+            Phase::Aborting { failed } => self.abort(failed, now, pools),
         };
         let to_server = (self.up.delivered - up_before) as usize;
         let to_client = (self.down.delivered - down_before) as usize;
@@ -174,44 +184,133 @@ impl Session {
         (step, to_server, to_client)
     }
 
+    fn stream(&mut self, now: Instant, pools: &mut Pools) -> Step {
+        let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
+        let (c, b) = (self.client.as_fd(), backend.as_fd());
+        let last = self.down.done();
+        let failed = match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last)
+        {
+            Ok(_) => None,
+            Err(FlowError::Source(_)) => Some(Side::Client),
+            Err(FlowError::Dest(_)) => Some(Side::Backend),
+        };
+        let failed = failed.or_else(|| {
+            let last = self.up.done();
+            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
+                Ok(_) => None,
+                Err(FlowError::Source(_)) => Some(Side::Backend),
+                Err(FlowError::Dest(_)) => Some(Side::Client),
+            }
+        });
+        match failed {
+            Some(failed) => {
+                self.start_abort(failed, pools);
+                self.abort(failed, now, pools)
+            }
+            None if self.up.done() && self.down.done() => Step::Close(Cause::Normal),
+            None => Step::Continue,
+        }
+    }
+
+    /// `failed` is gone: the flow into it is dropped, and the flow out of it goes on only to
+    /// deliver what it sent before failing (the EOF-flush rule), with no FIN at its end.
+    fn start_abort(&mut self, failed: Side, pools: &mut Pools) {
+        self.phase = Phase::Aborting { failed };
+        let (into_failed, out_of_failed, failed_ready) = match failed {
+            Side::Client => (&mut self.down, &mut self.up, &mut self.client_ready),
+            Side::Backend => (&mut self.up, &mut self.down, &mut self.backend_ready),
+        };
+        into_failed.abandon(pools);
+        out_of_failed.dst_shut = true;
+        // Bytes that arrived before the reset still sit in its receive queue, and a read
+        // returns them before it reports the reset (tcp(7)): read until that error or EOF.
+        failed_ready.readable = true;
+        failed_ready.closed = true;
+    }
+
+    /// One step of `Aborting`: deliver the failed side's last bytes, then wait until the
+    /// survivor's peer acknowledged them, so the reset that follows discards nothing.
+    fn abort(&mut self, failed: Side, now: Instant, pools: &mut Pools) -> Step {
+        let cause = match failed {
+            Side::Client => Cause::ClientAbort,
+            Side::Backend => Cause::ServerAbort,
+        };
+        let backend = self.backend.as_ref().expect("invariant: aborting sessions have a backend");
+        let (c, b) = (self.client.as_fd(), backend.as_fd());
+        let (flow, src, dst, src_ready, dst_ready, survivor) = match failed {
+            Side::Client => (&mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready, b),
+            Side::Backend => (&mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready, c),
+        };
+        // Two rounds at most: the reset ends the reading, then what it left pending is drained.
+        for _ in 0..2 {
+            if flow.src_eof && flow.pending() == 0 {
+                break;
+            }
+            match flow.pump(src, dst, src_ready, dst_ready, pools, self.splice, true) {
+                Ok(_) => break,
+                // The reset itself, reported once the queued bytes are read: the end of input.
+                Err(FlowError::Source(_)) => flow.src_eof = true,
+                // The survivor is gone too: nothing left to deliver to.
+                Err(FlowError::Dest(_)) => return Step::Close(cause),
+            }
+        }
+        if !flow.src_eof || flow.pending() > 0 {
+            return Step::Continue;
+        }
+        // Every byte is in the survivor's send queue. Look at what its peer acknowledged.
+        let unacked = sys::unacked(survivor).unwrap_or(0);
+        if unacked == 0 {
+            return Step::Close(cause);
+        }
+        let progress = self.unacked.is_none_or(|(before, _)| unacked < before);
+        if progress {
+            self.last_active = now;
+            self.ack_poll = ACK_POLL_MIN;
+        } else {
+            self.ack_poll = (self.ack_poll * 2).min(ACK_POLL_MAX);
+        }
+        if now >= self.last_active + self.timeouts.fin {
+            // The peer stopped taking bytes: what it has not acknowledged is lost with the
+            // reset, and `close` takes it off the delivered count.
+            return Step::Close(cause);
+        }
+        self.unacked = Some((unacked, now + self.ack_poll));
+        Step::Continue
+    }
+
     /// A flow stopped on its per-turn budget with work left (see `Flow::yielded`).
     pub fn yielded(&self) -> bool {
         self.up.yielded || self.down.yielded
     }
 
-    /// `failed` is gone. Bytes it sent before failing still reach the other peer (EOF-flush
-    /// rule); the flow into it is dropped. Closes once the flush is done or impossible.
-    fn flush_after_abort(&mut self, failed: Side, pools: &mut Pools) -> Step {
-        let cause = match failed {
-            Side::Client => Cause::ClientAbort,
-            Side::Backend => Cause::ServerAbort,
+    /// Ends the session for `cause`: the sockets that must see a reset get `SO_LINGER` 0 (an
+    /// abort is passed on as an abort; refusals and kills leave no TIME_WAIT here), the bytes
+    /// such a reset throws away are taken off what the flows count as delivered, and pooled
+    /// channels go back. The sockets themselves close when the session is dropped.
+    pub fn close(&mut self, cause: Cause, pools: &mut Pools) {
+        let (reset_client, reset_backend) = match cause {
+            Cause::ClientAbort => (false, true),
+            Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout => (true, false),
+            Cause::Killed => (true, true),
+            Cause::Normal | Cause::IdleTimeout => (false, false),
         };
-        let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
-        let (c, b) = (self.client.as_raw_fd(), backend.as_raw_fd());
-        let (into_failed, out_of_failed, src, dst, src_ready, dst_ready) = match failed {
-            Side::Client => (&mut self.down, &mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready),
-            Side::Backend => (&mut self.up, &mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready),
-        };
-        into_failed.abandon(pools);
-        // Nothing more is read from the failed side, and the survivor gets a reset at close
-        // rather than a FIN it could mistake for a clean end.
-        out_of_failed.src_eof = true;
-        out_of_failed.dst_shut = true;
-        if out_of_failed.pump(src, dst, src_ready, dst_ready, pools, self.splice, true).is_err() {
-            return Step::Close(cause);
+        if reset_client {
+            self.down.delivered -= reset(&self.client).min(self.down.delivered);
         }
-        if out_of_failed.pending() == 0 {
-            Step::Close(cause)
-        } else {
-            Step::Continue
+        if let Some(backend) = self.backend.as_ref().filter(|_| reset_backend) {
+            self.up.delivered -= reset(backend).min(self.up.delivered);
         }
+        self.up.abandon(pools);
+        self.down.abandon(pools);
     }
+}
 
-    /// Returns pooled channels; called once when the worker closes the session.
-    pub fn release(&mut self, pools: &mut Pools) {
-        self.up.release(pools);
-        self.down.release(pools);
-    }
+/// Arms a reset for `socket`'s close; returns the bytes it will discard (sent, not yet
+/// acknowledged by the peer).
+fn reset(socket: &TcpStream) -> u64 {
+    let discarded = sys::unacked(socket.as_fd()).unwrap_or(0) as u64;
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+    discarded
 }
 
 #[cfg(test)]
@@ -225,6 +324,8 @@ mod tests {
 
     const CONNECT: Duration = Duration::from_secs(2);
     const IDLE: Duration = Duration::from_secs(60);
+    const FIN: Duration = Duration::from_secs(5);
+    const TIMEOUTS: Timeouts = Timeouts { connect: CONNECT, idle: IDLE, fin: FIN };
 
     /// (our non-blocking end, the peer's blocking end)
     fn pair() -> (TcpStream, std::net::TcpStream) {
@@ -256,7 +357,7 @@ mod tests {
         let t0 = Instant::now();
         let (c, client) = pair();
         let (b, server) = pair();
-        let mut session = Session::new(7, 0, c, "127.0.0.1:1".parse().unwrap(), splice, t0);
+        let mut session = Session::new(7, 0, c, "127.0.0.1:1".parse().unwrap(), splice, TIMEOUTS, t0);
         session.connecting(b, 0, t0);
         Fixture { session, client, server, pools: Pools::default(), t0 }
     }
@@ -286,7 +387,7 @@ mod tests {
     fn connecting_deadline_is_the_connect_timeout() {
         let f = session_connecting(Splice::Auto);
         assert_eq!(f.session.phase, Phase::Connecting { since: f.t0 });
-        assert_eq!(f.session.deadline(CONNECT, IDLE), f.t0 + CONNECT);
+        assert_eq!(f.session.deadline(), f.t0 + CONNECT);
     }
 
     #[test]
@@ -294,7 +395,7 @@ mod tests {
         let f = session_streaming(Splice::Auto);
         assert_eq!(f.session.phase, Phase::Streaming);
         assert_eq!(f.session.connect_time, Some(Duration::from_millis(3)));
-        assert_eq!(f.session.deadline(CONNECT, IDLE), f.t0 + Duration::from_millis(3) + IDLE);
+        assert_eq!(f.session.deadline(), f.t0 + Duration::from_millis(3) + IDLE);
     }
 
     #[test]
@@ -309,7 +410,7 @@ mod tests {
             let mut buf = [0u8; 5];
             f.server.read_exact(&mut buf).unwrap();
             assert_eq!(&buf, b"hello");
-            assert_eq!(f.session.deadline(CONNECT, IDLE), later + IDLE);
+            assert_eq!(f.session.deadline(), later + IDLE);
             assert_eq!(f.pools.pipes_lent, 0, "an emptied pipe goes back to the pool");
         }
     }
@@ -317,10 +418,10 @@ mod tests {
     #[test]
     fn streaming_nothing_moved_keeps_the_idle_deadline() {
         let mut f = session_streaming(Splice::Auto);
-        let before = f.session.deadline(CONNECT, IDLE);
+        let before = f.session.deadline();
         let (step, up, down) = f.pump_at(f.t0 + Duration::from_secs(10));
         assert_eq!((step, up, down), (Step::Continue, 0, 0));
-        assert_eq!(f.session.deadline(CONNECT, IDLE), before);
+        assert_eq!(f.session.deadline(), before);
     }
 
     #[test]
@@ -396,7 +497,7 @@ mod tests {
         f.session.note(Side::Client, true, true, true);
         let (step, _, _) = f.session.pump(f.t0, &mut f.pools);
         assert_eq!(step, Step::Close(Cause::ClientAbort));
-        f.session.release(&mut f.pools);
+        f.session.close(Cause::ClientAbort, &mut f.pools);
         assert_eq!(f.pools.pipes_lent, 0);
     }
 

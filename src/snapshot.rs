@@ -74,12 +74,21 @@ pub struct ServiceSnapshot {
     pub servers: Vec<ServerSnapshot>,
 }
 
+/// One worker's load, for spotting an uneven spread and leaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLoad {
+    pub sessions: u64,
+    pub timers: u64,
+    pub pipes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub uptime: Duration,
     pub active: usize,
     pub max_conns: usize,
     pub workers: usize,
+    pub per_worker: Vec<WorkerLoad>,
     pub services: Vec<ServiceSnapshot>,
 }
 
@@ -160,6 +169,11 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
         active: stats.active_total.load(Relaxed),
         max_conns: stats.max_conns,
         workers: stats.workers.len(),
+        per_worker: stats
+            .workers
+            .iter()
+            .map(|w| WorkerLoad { sessions: w.sessions.get(), timers: w.timers.get(), pipes: w.pipes.get() })
+            .collect(),
         services,
     }
 }

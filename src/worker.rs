@@ -211,6 +211,9 @@ impl Worker {
             self.accept_ready(now);
             self.fire_timers(now);
             self.reap();
+            self.counters.sessions.set(self.sessions.len() as u64);
+            self.counters.timers.set(self.timers.len() as u64);
+            self.counters.pipes.set(self.relay.pipes_held() as u64);
             if let Some(deadline) = self.drain_deadline {
                 if self.sessions.is_empty() {
                     debug!("worker {}: drained", self.index);
@@ -381,10 +384,11 @@ impl Worker {
         // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
         let id = self.next_id;
         self.next_id += 1;
-        let splice = self.config.services[service].splice;
+        let svc = &self.config.services[service];
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
-        let session = entry.insert(Session::new(id, service, stream, net::canonical_addr(addr), splice, now));
+        let client_addr = net::canonical_addr(addr);
+        let session = entry.insert(Session::new(id, service, stream, client_addr, svc.splice, svc.timeouts, now));
         if let Err(e) = self.poll.registry().register(
             &mut session.client,
             token::session(slot, Side::Client),
@@ -551,7 +555,7 @@ impl Worker {
             Phase::Connecting { .. } if side == Side::Backend => self.check_connect(slot, now),
             // Client bytes wait in the client socket until a server is connected.
             Phase::Connecting { .. } => {}
-            Phase::Streaming => self.pump(slot, now),
+            Phase::Streaming | Phase::Aborting { .. } => self.pump(slot, now),
         }
     }
 
@@ -569,8 +573,15 @@ impl Worker {
         }
         match step {
             Step::Close(cause) => self.close(slot, cause, now),
-            Step::Continue if session.yielded() => self.again.push((slot, session.id)),
-            Step::Continue => {}
+            Step::Continue => {
+                if session.yielded() {
+                    self.again.push((slot, session.id));
+                }
+                // Aborting looks at the survivor's acknowledged bytes on a timer of its own.
+                if matches!(session.phase, Phase::Aborting { .. }) {
+                    self.arm_timer(slot);
+                }
+            }
         }
     }
 
@@ -579,7 +590,8 @@ impl Worker {
     fn resume_yielded(&mut self, now: Instant) {
         let again = std::mem::take(&mut self.again);
         for (slot, id) in again {
-            if self.sessions.get(slot).is_some_and(|s| s.id == id && !s.closed && s.phase == Phase::Streaming) {
+            let live = |s: &Session| s.id == id && !s.closed && !matches!(s.phase, Phase::Connecting { .. });
+            if self.sessions.get(slot).is_some_and(live) {
                 self.pump(slot, now);
             }
         }
@@ -587,36 +599,35 @@ impl Worker {
 
     // ---- timers ----
 
+    /// Sets the session's timer to its deadline if that is earlier than the one set. (A later
+    /// deadline waits until the set one falls due: bytes moving push the idle deadline on
+    /// every pump, and a heap update per pump would cost more than the rare early wake-up.)
     fn arm_timer(&mut self, slot: usize) {
         let session = &mut self.sessions[slot];
-        let svc = &self.config.services[session.service];
-        let at = session.deadline(svc.connect_timeout, svc.idle_timeout);
+        let at = session.deadline();
         if session.timer_armed.is_none_or(|armed| at < armed) {
             session.timer_armed = Some(at);
-            self.timers.arm(at, slot, session.id);
+            self.timers.set(slot, at);
         }
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some((slot, id)) = self.timers.pop_due(now) {
-            let Some(session) = self.sessions.get_mut(slot) else {
-                continue;
-            };
-            if session.id != id || session.closed {
-                continue;
-            }
+        while let Some(slot) = self.timers.pop_due(now) {
+            // Closing cancels a session's timer, so every entry names a live session.
+            let session = &mut self.sessions[slot];
             session.timer_armed = None;
-            let svc = &self.config.services[session.service];
-            if session.deadline(svc.connect_timeout, svc.idle_timeout) > now {
+            if session.deadline() > now {
                 self.arm_timer(slot);
                 continue;
             }
             match session.phase {
                 Phase::Connecting { .. } => {
-                    let reason = format!("no answer within {}ms", svc.connect_timeout.as_millis());
+                    let reason = format!("no answer within {}ms", session.timeouts.connect.as_millis());
                     self.connect_failed(slot, &reason, true, now);
                 }
                 Phase::Streaming => self.close(slot, Cause::IdleTimeout, now),
+                // Time to look at what the survivor's peer acknowledged (or to give up on it).
+                Phase::Aborting { .. } => self.pump(slot, now),
             }
         }
     }
@@ -634,23 +645,8 @@ impl Worker {
         // No deregister: closing a descriptor removes it from epoll (nothing dups ours), and
         // events already in this batch are ignored through `closed`. Two syscalls saved per
         // connection.
-        // An abort is passed on as an abort: the surviving peer gets a RST, as it would
-        // without a proxy in between. Refusals also use RST so no TIME_WAIT piles up here.
-        match cause {
-            Cause::ClientAbort | Cause::Killed => {
-                if let Some(b) = session.backend.as_ref() {
-                    net::set_linger_zero(b);
-                }
-                if cause == Cause::Killed {
-                    net::set_linger_zero(&session.client);
-                }
-            }
-            Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout => {
-                net::set_linger_zero(&session.client)
-            }
-            Cause::Normal | Cause::IdleTimeout => {}
-        }
-        session.release(&mut self.relay);
+        session.close(cause, &mut self.relay);
+        self.timers.cancel(slot);
         let service = session.service;
         let svc = &self.config.services[service];
         let server_name = match session.server {
@@ -666,7 +662,7 @@ impl Worker {
         self.counters.services[service].session_duration.observe(duration);
         let phase = match session.phase {
             Phase::Connecting { .. } => logs::Phase::Connect,
-            Phase::Streaming => logs::Phase::Data,
+            Phase::Streaming | Phase::Aborting { .. } => logs::Phase::Data,
         };
         let [a, b] = logs::term_code(cause, phase);
         info!(

@@ -202,7 +202,7 @@ fn black_holed_server_times_out_and_client_is_served_elsewhere() {
     let (_hole, _filler, hole) = black_hole();
     let live = name_server("live");
     let mut svc = service(vec![("hole", hole, 1), ("live", live, 1)]);
-    svc.connect_timeout = Duration::from_millis(200);
+    svc.timeouts.connect = Duration::from_millis(200);
     let (r, addr) = start(config(vec![svc]));
     let t0 = Instant::now();
     for _ in 0..4 {
@@ -219,7 +219,7 @@ fn black_holed_server_times_out_and_client_is_served_elsewhere() {
 fn idle_timeout_closes_both_sides() {
     let (echo, _) = echo_server();
     let mut svc = service(vec![("e", echo, 1)]);
-    svc.idle_timeout = Duration::from_millis(200);
+    svc.timeouts.idle = Duration::from_millis(200);
     let (r, addr) = start(config(vec![svc]));
     let mut c = TcpStream::connect(addr).unwrap();
     c.write_all(b"ping").unwrap();

@@ -29,13 +29,18 @@ pub fn status(snap: &Snapshot) -> String {
     let mut o = String::with_capacity(4096);
     let _ = write!(
         o,
-        "{{\"version\":{},\"uptime_seconds\":{:.3},\"active_connections\":{},\"max_connections\":{},\"workers\":{},\"services\":[",
+        "{{\"version\":{},\"uptime_seconds\":{:.3},\"active_connections\":{},\"max_connections\":{},\"workers\":{},\"per_worker\":[",
         string(env!("CARGO_PKG_VERSION")),
         snap.uptime.as_secs_f64(),
         snap.active,
         snap.max_conns,
         snap.workers
     );
+    for (i, w) in snap.per_worker.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        let _ = write!(o, "{sep}{{\"sessions\":{},\"timers\":{},\"pipes\":{}}}", w.sessions, w.timers, w.pipes);
+    }
+    o.push_str("],\"services\":[");
     for (i, s) in snap.services.iter().enumerate() {
         if i > 0 {
             o.push(',');

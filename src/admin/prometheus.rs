@@ -3,7 +3,7 @@
 //! base units (seconds, bytes).
 
 use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS};
-use crate::snapshot::{ServerSnapshot, ServerState, Snapshot};
+use crate::snapshot::{ServerSnapshot, ServerState, Snapshot, WorkerLoad};
 use std::fmt::Write;
 
 /// Process facts read from /proc at scrape time.
@@ -82,6 +82,18 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
     o.sample("shunt_max_connections", "", snap.max_conns);
     o.family("shunt_workers", "gauge", "Event-loop threads.");
     o.sample("shunt_workers", "", snap.workers);
+    type Load = fn(&WorkerLoad) -> u64;
+    let per_worker: [(&str, &str, Load); 3] = [
+        ("shunt_worker_sessions", "Sessions a worker holds now.", |w| w.sessions),
+        ("shunt_worker_timers", "Deadlines in a worker's timer heap (at most one per session).", |w| w.timers),
+        ("shunt_worker_pipes", "Pipes a worker holds, lent and idle (two descriptors each).", |w| w.pipes),
+    ];
+    for (name, help, get) in per_worker {
+        o.family(name, "gauge", help);
+        for (i, w) in snap.per_worker.iter().enumerate() {
+            o.sample(name, &format!("worker=\"{i}\""), get(w));
+        }
+    }
     o.family("shunt_process_open_fds", "gauge", "Open file descriptors of the process.");
     o.sample("shunt_process_open_fds", "", process.open_fds);
     o.family("shunt_process_resident_memory_bytes", "gauge", "Resident memory of the process.");

@@ -54,9 +54,8 @@ pub struct Service {
     pub check: Check,
     /// On a failed connect, try the next server this many more times.
     pub retries: u32,
-    pub connect_timeout: Duration,
-    /// No byte in either direction for this long: close both sides.
-    pub idle_timeout: Duration,
+    /// A session's deadlines, copied into it when it starts.
+    pub timeouts: Timeouts,
     /// Per-service cap on proxied connections (`max_conns N` inside a service); `None` = no cap.
     pub max_conns: Option<usize>,
     /// `timeout queue`: how long clients may wait in the listen backlog while a connection cap
@@ -66,6 +65,27 @@ pub struct Service {
     pub queue_timeout: Duration,
     /// `splice on|off|always`: how plain TCP moves (see [`Splice`]).
     pub splice: Splice,
+}
+
+/// The deadlines of one session. A session copies its service's when it starts, so a reload's
+/// new values reach only new sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `timeout connect`: a server connect attempt that takes longer fails (and is retried).
+    pub connect: Duration,
+    /// `timeout idle`: no byte in either direction for this long: close both sides.
+    pub idle: Duration,
+    /// `timeout fin`: one direction finished (or a peer reset and its last bytes wait for the
+    /// other peer to take them) and no byte moved for this long: close. HAProxy's
+    /// `timeout client-fin`/`server-fin`; without it a half-closed session would wait out the
+    /// idle timeout.
+    pub fin: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(5), idle: Duration::from_secs(600), fin: Duration::from_secs(30) }
+    }
 }
 
 /// How a service moves plain TCP bytes.

@@ -18,7 +18,7 @@ use super::lexer::{
     self, admin_addr, check_name, duration, http_path, is_hostname, listen_addr, method, not_ip, number, parse_ip,
     show, status, Line, Token,
 };
-use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice};
+use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice, Timeouts};
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
 const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice"];
@@ -129,8 +129,7 @@ impl Block {
                 servers: Vec::new(),
                 check: Check::default(),
                 retries: 3,
-                connect_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(600),
+                timeouts: Timeouts::default(),
                 max_conns: None,
                 queue_timeout: Duration::from_secs(5),
                 splice: Splice::Auto,
@@ -438,22 +437,26 @@ fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
 
 fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     let [kind, d] = a else {
-        return Err(arity("timeout connect|idle|queue DURATION"));
+        return Err(arity("timeout connect|idle|fin|queue DURATION"));
     };
     match text(kind)? {
         "connect" => {
             once(&mut b.seen, "timeout connect", n)?;
-            b.svc.connect_timeout = duration("connect ", text(d)?, false)?;
+            b.svc.timeouts.connect = duration("connect ", text(d)?, false)?;
         }
         "idle" => {
             once(&mut b.seen, "timeout idle", n)?;
-            b.svc.idle_timeout = duration("idle ", text(d)?, false)?;
+            b.svc.timeouts.idle = duration("idle ", text(d)?, false)?;
+        }
+        "fin" => {
+            once(&mut b.seen, "timeout fin", n)?;
+            b.svc.timeouts.fin = duration("fin ", text(d)?, false)?;
         }
         "queue" => {
             once(&mut b.seen, "timeout queue", n)?;
             b.svc.queue_timeout = duration("queue ", text(d)?, true)?;
         }
-        k => return Err(choice("kind", k, &["connect", "idle", "queue"])),
+        k => return Err(choice("kind", k, &["connect", "idle", "fin", "queue"])),
     }
     Ok(())
 }

@@ -80,6 +80,7 @@ service cache.v2
   retries 0
   timeout idle 1h
   timeout connect 100ms
+  timeout fin 2s
   timeout queue 0s
   max_conns 500
   splice off
@@ -103,7 +104,7 @@ service s
     ];
     web.check.kind = CheckKind::Tcp;
     web.retries = 2;
-    web.connect_timeout = Duration::from_secs(2);
+    web.timeouts.connect = Duration::from_secs(2);
     let binds = [(addr("127.0.0.1:6380"), 21), (addr("[::1]:6380"), 22), (addr("0.0.0.0:0"), 23)];
     let mut cache = svc("cache.v2", 20, &binds);
     cache.balance = Balance::LeastConn;
@@ -117,19 +118,19 @@ service s
     let (interval, timeout) = (Duration::from_millis(250), Duration::from_secs(5));
     cache.check = Check { kind, interval, timeout, rise: 1, fall: 10, port: Some(6400) };
     cache.retries = 0;
-    cache.idle_timeout = Duration::from_secs(3600);
-    cache.connect_timeout = Duration::from_millis(100);
+    cache.timeouts =
+        Timeouts { connect: Duration::from_millis(100), idle: Duration::from_secs(3600), fin: Duration::from_secs(2) };
     cache.queue_timeout = Duration::ZERO;
     cache.max_conns = Some(500);
     cache.splice = Splice::Off;
-    let mut api = svc("api_1", 34, &[(addr("[::]:80"), 35), (ListenAddr::Any(81), 36)]);
+    let mut api = svc("api_1", 35, &[(addr("[::]:80"), 36), (ListenAddr::Any(81), 37)]);
     api.balance = Balance::First;
-    api.servers = vec![srv("a", "10.0.0.1:80", 38)];
+    api.servers = vec![srv("a", "10.0.0.1:80", 39)];
     let (method, path, expect) = ("GET".into(), "/health?x=1".into(), StatusMatch::Class(2));
     api.check.kind = CheckKind::Http { method, path, expect };
-    let mut s = svc("s", 40, &[(ListenAddr::Any(82), 41)]);
+    let mut s = svc("s", 41, &[(ListenAddr::Any(82), 42)]);
     s.balance = Balance::Source;
-    s.servers = vec![srv("b", "10.0.0.2:1", 43)];
+    s.servers = vec![srv("b", "10.0.0.2:1", 44)];
     let (method, path, expect) = ("HEAD".into(), "/".into(), StatusMatch::Exact(204));
     s.check.kind = CheckKind::Http { method, path, expect };
     s.check.interval = Duration::from_secs(300);
@@ -175,8 +176,7 @@ fn defaults() {
         servers: vec![srv("a", "127.0.0.1:9001", 3)],
         check: Check::default(),
         retries: 3,
-        connect_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(600),
+        timeouts: Timeouts::default(),
         max_conns: None,
         queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
@@ -359,7 +359,7 @@ error_cases! {
         => 4, r#"expected: check send "BYTES" expect "BYTES" [options]"#;
     arity_check_http: ok!(+ "check http GET / 200\n")
         => 4, "check http METHOD PATH expect STATUS";
-    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle|queue DURATION";
+    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle|fin|queue DURATION";
     duplicate_timeout_queue: ok!(+ "timeout queue 1s\ntimeout queue 2s\n")
         => 5, r#"duplicate "timeout queue" (first given on line 4)"#;
     queue_timeout_negative: ok!(+ "timeout queue -1s\n")
@@ -383,12 +383,16 @@ error_cases! {
         => 4, "connect duration 0ms must be greater than zero";
     idle_timeout_zero: ok!(+ "timeout idle 0h\n")
         => 4, "idle duration 0h must be greater than zero";
+    fin_timeout_zero: ok!(+ "timeout fin 0s\n")
+        => 4, "fin duration 0s must be greater than zero";
+    fin_timeout_twice: ok!(+ "timeout fin 1s\ntimeout fin 2s\n")
+        => 5, "timeout fin";
     log_unknown_level: ok!("log inf\n" +)
         => 1, r#"unknown level "inf": expected one of error, warn, info, debug, trace (did"#;
     balance_unknown: ok!(+ "balance leastconns\n") => 4, r#"did you mean "leastconn"?"#;
     splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off, always";
     timeout_unknown_kind: ok!(+ "timeout read 1s\n")
-        => 4, r#"unknown kind "read": expected one of connect, idle, queue"#;
+        => 4, r#"unknown kind "read": expected one of connect, idle, fin, queue"#;
     check_unknown_kind: ok!(+ "check tpc\n") => 4, r#"(did you mean "tcp"?)"#;
     check_unknown_option: ok!(+ "check tcp intervall 2s\n")
         => 4, r#"one of interval, timeout, rise, fall, port (did you mean "interval"?)"#;

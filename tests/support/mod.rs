@@ -32,8 +32,11 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
             .collect(),
         check: Check::default(),
         retries: 3,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(60),
+        timeouts: shunt::config::Timeouts {
+            connect: Duration::from_secs(2),
+            idle: Duration::from_secs(60),
+            fin: Duration::from_secs(30),
+        },
         max_conns: None,
         queue_timeout: Duration::from_secs(5),
         splice: shunt::config::Splice::Auto,
