@@ -19,16 +19,16 @@ esac
 # haproxy, nginx + stream module, wrk, iperf3, strace (and the rest of what the tests need).
 scripts/install-deps.sh
 
-# gnuplot draws the scaling plot as a PNG; without it bench.py writes an SVG by hand.
+# gnuplot draws the scaling plot (a PNG); without it bench.py skips the plot.
 if ! command -v gnuplot >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "bench: installing gnuplot-nox for the scaling plot" >&2
     { DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update &&
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         -o DPkg::Lock::Timeout=300 gnuplot-nox; } >&2 ||
-      echo "bench: could not install gnuplot-nox; the scaling plot will be an SVG" >&2
+      echo "bench: could not install gnuplot-nox; there will be no scaling plot" >&2
   else
-    echo "bench: gnuplot missing (not root, not installing); the scaling plot will be an SVG" >&2
+    echo "bench: gnuplot missing (not root, not installing); there will be no scaling plot" >&2
   fi
 fi
 

@@ -5,16 +5,15 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # nginx_conf DIR PORT LOCATIONS: writes DIR/nginx.conf for a one-worker nginx that serves
 # LOCATIONS on 127.0.0.1:PORT, keeps every file (pid, logs, temp paths) inside DIR and logs no
-# access (a benchmark backend, not a web site).
+# access (a benchmark backend, not a web site). The conf is scripts/nginx-backend.conf.in, the one
+# bench.py renders too; run it with -g 'daemon off; master_process off;'.
 nginx_conf() {
-  local d=$1 port=$2 locations=$3
+  local d=$1 port=$2 locations=$3 conf
   mkdir -p "$d"
-  cat >"$d/nginx.conf" <<NGX
-worker_processes 1; pid $d/pid; error_log $d/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $d; proxy_temp_path $d; fastcgi_temp_path $d;
-  uwsgi_temp_path $d; scgi_temp_path $d;
-  server { listen 127.0.0.1:$port; $locations } }
-NGX
+  conf=$(<"$(dirname "${BASH_SOURCE[0]}")/nginx-backend.conf.in")
+  # Quoted replacements are taken literally: no `&` or `\` expansion (bash 5.2 patsub_replacement).
+  conf=${conf//@DIR@/"$d"}
+  conf=${conf//@PORT@/"$port"}
+  conf=${conf//@LOCATIONS@/"$locations"}
+  printf '%s\n' "$conf" >"$d/nginx.conf"
 }
