@@ -16,6 +16,9 @@ usage: shunt [-c FILE]          run; FILE defaults to /etc/shunt/shunt.conf
 
 signals: SIGHUP reload (not supported yet), SIGTERM/SIGINT drain and exit";
 
+/// The log target of the start-up lines that say where shunt listens.
+const STARTUP: &str = "shunt::startup";
+
 enum Mode {
     Run,
     Check,
@@ -60,7 +63,9 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn init_logging(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level).format_timestamp_millis();
+    // The addresses shunt listens on are logged whatever the level (`log warn` included): with
+    // port 0 in the conf they are the only place the bound ports show, and scripts wait for them.
+    builder.filter_level(level).filter_module(STARTUP, log::LevelFilter::Info).format_timestamp_millis();
     // RUST_LOG, when set, wins over the conf file's `log` directive.
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
@@ -108,7 +113,10 @@ fn main() -> ExitCode {
         }
     };
     for (service, addr) in &running.listening {
-        log::info!("service {service} listening on {addr}");
+        log::info!(target: STARTUP, "service {service} listening on {addr}");
+    }
+    if let Some(addr) = running.admin_addr {
+        log::info!(target: STARTUP, "admin endpoint listening on {addr}");
     }
     let control = running.control();
     std::thread::Builder::new()
