@@ -8,6 +8,7 @@ pub mod balance;
 pub mod config;
 pub mod health;
 pub mod logs;
+pub mod logsink;
 pub mod metrics;
 pub mod net;
 pub mod relay;

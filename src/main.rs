@@ -2,12 +2,14 @@
 //! signals into drains, and map every failure to the exit codes of DESIGN.md
 //! (0 clean shutdown, 1 configuration error, 2 runtime failure at start).
 
+use env_logger::{Target, WriteStyle};
 use shunt::config::{self, Config};
+use shunt::logsink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: shunt [-c FILE]          run; FILE defaults to /etc/shunt/shunt.conf
@@ -61,7 +63,10 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_logging(level: log::LevelFilter) {
+/// Sets up `env_logger` to format lines and the log sink to write them (see `logsink`): a
+/// stalled stderr then drops log lines instead of stalling the event loops.
+fn init_logging(level: log::LevelFilter) -> std::io::Result<()> {
+    use std::io::IsTerminal;
     let mut builder = env_logger::Builder::new();
     // The addresses shunt listens on are logged whatever the level (`log warn` included): with
     // port 0 in the conf they are the only place the bound ports show, and scripts wait for them.
@@ -70,7 +75,26 @@ fn init_logging(level: log::LevelFilter) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
+    let style = if std::io::stderr().is_terminal() { WriteStyle::Auto } else { WriteStyle::Never };
+    builder.target(Target::Pipe(logsink::start()?)).write_style(style);
     builder.init();
+    Ok(())
+}
+
+/// How long the log sink gets to write what is queued before the process exits.
+const LOG_FLUSH: Duration = Duration::from_secs(1);
+
+/// A panic anywhere is fatal (release builds abort; see the README's "Failure policy"): the
+/// message and backtrace go through the log sink, which gets a moment to write them, so a
+/// stalled stderr cannot keep a broken process alive.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let trace = std::backtrace::Backtrace::capture();
+        log::error!("fatal: thread {name} panicked: {info}; exiting so a supervisor can restart shunt\n{trace}");
+        logsink::flush(LOG_FLUSH);
+    }));
 }
 
 fn main() -> ExitCode {
@@ -93,7 +117,11 @@ fn main() -> ExitCode {
         println!("{}: configuration ok", args.conf.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_level);
+    if let Err(e) = init_logging(config.log_level) {
+        eprintln!("shunt: cannot start the log writer thread: {e}");
+        return ExitCode::from(2);
+    }
+    install_panic_hook();
     shunt::raise_fd_limit();
 
     // Signals are blocked into an iterator before any thread starts, so none is lost.
@@ -128,6 +156,7 @@ fn main() -> ExitCode {
                     SIGHUP => log::warn!("SIGHUP: reload is not supported yet; the running configuration stays"),
                     _ if draining => {
                         log::warn!("second stop signal: exiting now");
+                        logsink::flush(LOG_FLUSH);
                         std::process::exit(0);
                     }
                     _ => {
@@ -139,14 +168,19 @@ fn main() -> ExitCode {
             }
         })
         .expect("spawning the signal thread at start-up");
-    match running.wait() {
+    // A worker that fails ends the process (status 2): half a balancer, with one worker's
+    // listeners dead and its connection slots never given back, would look alive to a
+    // supervisor and to health checks while refusing part of its traffic.
+    let code = match running.wait() {
         Ok(()) => {
             log::info!("shut down cleanly");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("worker failed: {e}");
+            log::error!("fatal: {e}; exiting so a supervisor can restart shunt");
             ExitCode::from(2)
         }
-    }
+    };
+    logsink::flush(LOG_FLUSH);
+    code
 }

@@ -9,6 +9,7 @@ use crate::health::{self, HealthLink, WorkerLink};
 use crate::net;
 use crate::shared::{HealthMsg, Stats, WorkerMsg};
 use crate::worker::{self, Worker, WorkerSetup};
+use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 use std::fmt;
 use std::io;
@@ -65,7 +66,9 @@ pub struct Running {
     pub listening: Vec<(String, SocketAddr)>,
     /// The admin endpoint's bound address (port 0 resolved), when `admin` is set.
     pub admin_addr: Option<SocketAddr>,
-    workers: Vec<(WorkerLink, JoinHandle<io::Result<()>>)>,
+    workers: Vec<WorkerLink>,
+    /// Each worker thread sends its index and result here when it ends (a panic included).
+    exits: Receiver<(usize, io::Result<()>)>,
     health: HealthLink,
     health_thread: Option<JoinHandle<()>>,
     admin: Option<crate::admin::AdminHandle>,
@@ -76,7 +79,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let workers = config.workers.max(1);
     let mut stats = Stats::new(&config, workers);
-    stats.max_conns = descriptor_cap(&config, workers);
+    let budget = descriptor_budget(&config, workers);
+    stats.max_conns = budget.max_conns;
     let stats = Arc::new(stats);
 
     // Worker 0 binds first; port 0 is resolved then, and the others bind the same address
@@ -116,21 +120,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let (health_thread, health_link) =
         health::prepare(Arc::clone(&config), Arc::clone(&stats)).map_err(io_err("health poll"))?;
     let mut links = Vec::new();
-    let mut handles = Vec::new();
+    let (exit_tx, exits) = crossbeam_channel::unbounded();
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let poll = Poll::new().map_err(io_err("worker poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let link = WorkerLink { tx, waker: Arc::clone(&waker) };
-        let setup = WorkerSetup { index, poll, waker, rx, listeners };
+        let setup = WorkerSetup { index, poll, rx, listeners, pipe_budget: budget.pipes_per_worker };
         let worker = Worker::new(setup, Arc::clone(&config), Arc::clone(&stats), health_link.clone())
             .map_err(io_err("worker registration"))?;
-        let handle = std::thread::Builder::new()
+        let exit = ExitReport { index, tx: exit_tx.clone(), sent: false };
+        std::thread::Builder::new()
             .name(format!("shunt-worker-{index}"))
-            .spawn(move || worker.run())
+            .spawn(move || exit.send(worker.run()))
             .map_err(io_err("worker thread"))?;
-        links.push(link.clone());
-        handles.push((link, handle));
+        links.push(link);
     }
     let health_handle = health_thread.spawn(links.clone()).map_err(io_err("health thread"))?;
     let mut running = Running {
@@ -138,7 +142,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         stats: Arc::clone(&stats),
         listening,
         admin_addr: None,
-        workers: handles,
+        workers: links.clone(),
+        exits,
         health: health_link,
         health_thread: Some(health_handle),
         admin: None,
@@ -157,6 +162,29 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     Ok(running)
 }
 
+/// Reports a worker thread's end to `Running::wait`, also when it ends by a panic (a test
+/// build unwinds; a release build aborts the whole process before this matters).
+struct ExitReport {
+    index: usize,
+    tx: Sender<(usize, io::Result<()>)>,
+    sent: bool,
+}
+
+impl ExitReport {
+    fn send(mut self, result: io::Result<()>) {
+        self.sent = true;
+        let _ = self.tx.send((self.index, result));
+    }
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.tx.send((self.index, Err(io::Error::other("its thread panicked"))));
+        }
+    }
+}
+
 /// The admin token: the file's content without surrounding white space; never logged.
 fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     let what = "admin_token";
@@ -168,31 +196,55 @@ fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     Ok(token)
 }
 
-/// Descriptors kept aside for everything that is not a proxied socket: stdio, epoll and waker
-/// descriptors, listeners, health probes, pipes in flight, the admin endpoint.
-const FD_RESERVE: usize = 64;
+/// Descriptors for everything of fixed size that is not a proxied socket or a pipe: stdio, the
+/// signal pipe, each thread's epoll and waker, slack for reading /proc and conf files.
+const FD_FIXED: usize = 32;
+/// The share of the descriptor limit set aside for splice pipes (two descriptors each). Past
+/// it, flows take the copy path: a proxied connection stays 2 descriptors, and an eighth of
+/// the limit still carries a pipe for bulk flows of thousands of sessions at once.
+const PIPE_SHARE: usize = 8;
 
-/// `max_conns`, lowered so that accepting stops before the process runs out of descriptors
-/// (each proxied connection holds two). Out-of-descriptor errors are still handled, but a cap
-/// that holds connections in the kernel backlog serves clients better than accept-then-reset.
-fn descriptor_cap(config: &Config, workers: usize) -> usize {
+/// How the descriptor limit is shared out, so that the connection cap is true: however the
+/// sessions use their pipes, the process never runs out of descriptors below the cap.
+struct DescriptorBudget {
+    /// The global cap in force: `max_conns`, lowered to what the limit carries.
+    max_conns: usize,
+    /// Pipes each worker may hold at once, lent and idle.
+    pipes_per_worker: usize,
+}
+
+/// `max_conns`, lowered so that accepting stops before the process runs out of descriptors,
+/// and each worker's pipe budget. Every proxied connection holds two descriptors; pipes come
+/// out of their own share; the admin endpoint, probes and listeners out of theirs.
+/// Out-of-descriptor errors are still handled, but a cap that holds connections in the kernel
+/// backlog serves clients better than accept-then-reset.
+fn descriptor_budget(config: &Config, workers: usize) -> DescriptorBudget {
+    let Some(limit) = crate::sys::fd_limit() else {
+        return DescriptorBudget { max_conns: config.max_conns, pipes_per_worker: usize::MAX / 2 };
+    };
     let listeners: usize = config.services.iter().map(|s| s.binds.len()).sum::<usize>() * workers;
-    let servers: usize = config.services.iter().map(|s| s.servers.len()).sum();
-    let Some(limit) = crate::sys::fd_limit() else { return config.max_conns };
-    let room = limit.saturating_sub(FD_RESERVE + listeners + servers) / 2;
-    if room < config.max_conns {
+    let probes: usize = config.services.iter().map(|s| s.servers.len()).sum();
+    let admin = if config.admin.is_some() { 1 + crate::admin::MAX_CONNECTIONS } else { 0 };
+    let fixed = FD_FIXED + 2 * workers + listeners + probes + admin;
+    let pipes = limit / PIPE_SHARE / 2;
+    let pipes_per_worker = pipes / workers;
+    let room = limit.saturating_sub(fixed + 2 * pipes_per_worker * workers) / 2;
+    let max_conns = if room < config.max_conns {
         // Only a cap the operator asked for deserves a warning; the default is just a ceiling.
         let level =
             if config.max_conns == crate::config::DEFAULT_MAX_CONNS { log::Level::Info } else { log::Level::Warn };
         log::log!(
             level,
-            "the descriptor limit ({limit}) carries at most {room} proxied connections: max_conns lowered from {}",
+            "the descriptor limit ({limit}) carries at most {room} proxied connections (and {} splice pipes): \
+             max_conns lowered from {}",
+            pipes_per_worker * workers,
             config.max_conns
         );
         room.max(1)
     } else {
         config.max_conns
-    }
+    };
+    DescriptorBudget { max_conns, pipes_per_worker }
 }
 
 /// The handles other threads (signals, admin) use to steer the workers.
@@ -228,18 +280,18 @@ impl Running {
     }
 
     pub fn control(&self) -> Control {
-        Control { workers: self.workers.iter().map(|(l, _)| l.clone()).collect(), health: self.health.clone() }
+        Control { workers: self.workers.clone(), health: self.health.clone() }
     }
 
-    /// Waits for every worker to finish (after a drain), then stops the health thread.
-    /// Returns the first worker error, if any.
+    /// Waits until every worker has finished (after a drain), then stops the health and admin
+    /// threads. Returns at once with the error of the first worker that fails or panics: the
+    /// caller ends the process (the others are not waited for).
     pub fn wait(mut self) -> io::Result<()> {
-        let mut result = Ok(());
-        for (_, handle) in self.workers.drain(..) {
-            match handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e)),
-                Err(_) => result = result.and(Err(io::Error::other("a worker thread panicked"))),
+        for _ in 0..self.workers.len() {
+            match self.exits.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(e))) => return Err(io::Error::new(e.kind(), format!("worker {index} failed: {e}"))),
+                Err(_) => return Err(io::Error::other("every worker thread is gone")),
             }
         }
         self.health.send(HealthMsg::Stop);
@@ -249,6 +301,6 @@ impl Running {
         if let Some(h) = self.health_thread.take() {
             let _ = h.join();
         }
-        result
+        Ok(())
     }
 }

@@ -136,6 +136,34 @@ impl Stats {
         }
     }
 
+    /// Takes one connection slot under the global cap and under `service`'s own `cap`, or
+    /// none. Each check-and-take is one atomic step, so workers racing for the last slot
+    /// cannot overshoot a cap.
+    pub fn try_admit(&self, service: usize, cap: Option<usize>) -> bool {
+        let below = |max: usize| move |n: usize| (n < max).then_some(n + 1);
+        if self.active_total.fetch_update(Relaxed, Relaxed, below(self.max_conns)).is_err() {
+            return false;
+        }
+        let active = &self.services[service].active;
+        let taken = match cap {
+            None => {
+                active.fetch_add(1, Relaxed);
+                true
+            }
+            Some(c) => active.fetch_update(Relaxed, Relaxed, |n| (n < c as u64).then_some(n + 1)).is_ok(),
+        };
+        if !taken {
+            self.active_total.fetch_sub(1, Relaxed);
+        }
+        taken
+    }
+
+    /// Gives back a slot `try_admit` took.
+    pub fn release_admission(&self, service: usize) {
+        self.services[service].active.fetch_sub(1, Relaxed);
+        self.active_total.fetch_sub(1, Relaxed);
+    }
+
     pub fn server(&self, id: ServerId) -> &Arc<ServerStats> {
         &self.servers[id.service][id.server]
     }

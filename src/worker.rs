@@ -21,7 +21,7 @@ use crate::token::{self, Kind, Side};
 use crossbeam_channel::Receiver;
 use log::{debug, info};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Waker};
+use mio::{Events, Interest, Poll};
 use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
@@ -81,14 +81,38 @@ struct ServicePool {
     servers: Vec<ServerView>,
 }
 
+/// A failure a test asks for through `SHUNT_TEST_FAULT` (read once at start; never set in
+/// production): `worker-panic-after=N` panics, `worker-error-after=N` makes `run` return an
+/// error, when the worker accepts its Nth connection. It proves the failure policy: the whole
+/// process goes, none of it lingers half-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Panic(u64),
+    Error(u64),
+}
+
+impl Fault {
+    fn from_env() -> Option<Fault> {
+        let spec = std::env::var("SHUNT_TEST_FAULT").ok()?;
+        let (kind, n) = spec.split_once('=')?;
+        let n = n.parse().ok()?;
+        match kind {
+            "worker-panic-after" => Some(Fault::Panic(n)),
+            "worker-error-after" => Some(Fault::Error(n)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a worker needs before its thread starts.
 pub struct WorkerSetup {
     pub index: usize,
     pub poll: Poll,
-    pub waker: Arc<Waker>,
     pub rx: Receiver<WorkerMsg>,
     /// (service index, bound listener).
     pub listeners: Vec<(usize, std::net::TcpListener)>,
+    /// Pipes the worker may hold at once (its share of the descriptor budget).
+    pub pipe_budget: usize,
 }
 
 pub struct Worker {
@@ -116,6 +140,9 @@ pub struct Worker {
     cap_blocked: bool,
     /// Set by `Drain`: listeners are gone; exit when no session is left or at this instant.
     drain_deadline: Option<Instant>,
+    fault: Option<Fault>,
+    /// An error that ends `run` (only the test fault sets one today).
+    failure: Option<io::Error>,
 }
 
 impl Worker {
@@ -151,7 +178,6 @@ impl Worker {
                     .collect(),
             })
             .collect();
-        let _ = setup.waker; // kept alive by the links that hold it
         Ok(Worker {
             index: setup.index,
             poll: setup.poll,
@@ -164,13 +190,15 @@ impl Worker {
             pools_by_service,
             sessions: Slab::with_capacity(1024),
             timers: Timers::default(),
-            relay: Pools::default(),
+            relay: Pools::new(setup.pipe_budget),
             closed: Vec::new(),
             again: Vec::new(),
             next_id: 0,
             accept_paused_until: None,
             cap_blocked: false,
             drain_deadline: None,
+            fault: Fault::from_env(),
+            failure: None,
         })
     }
 
@@ -209,6 +237,9 @@ impl Worker {
             self.handle_messages(now);
             self.resume_yielded(now);
             self.accept_ready(now);
+            if let Some(e) = self.failure.take() {
+                return Err(e);
+            }
             self.fire_timers(now);
             self.reap();
             self.counters.sessions.set(self.sessions.len() as u64);
@@ -315,9 +346,9 @@ impl Worker {
                     break;
                 }
                 let service = self.listeners[i].service;
-                let shed = if self.has_room(service) {
+                let admitted = self.stats.try_admit(service, self.config.services[service].max_conns);
+                if admitted {
                     self.listeners[i].full_since = None;
-                    false
                 } else {
                     // Clients wait in the kernel backlog for room, but not for ever: once no room
                     // has freed for `timeout queue`, they are refused, so they can go elsewhere.
@@ -333,11 +364,21 @@ impl Worker {
                         self.cap_blocked = true;
                         break;
                     }
-                    true
-                };
-                match self.listeners[i].socket.accept() {
-                    Ok((stream, addr)) if shed => self.refuse_at_cap(service, stream, addr),
-                    Ok((stream, addr)) => self.start_session(service, stream, addr, now),
+                }
+                let accepted = self.listeners[i].socket.accept();
+                if admitted && accepted.is_err() {
+                    self.stats.release_admission(service);
+                }
+                match accepted {
+                    Ok((stream, addr)) if !admitted => self.refuse_at_cap(service, stream, addr),
+                    Ok((stream, addr)) => {
+                        self.start_session(service, stream, addr, now);
+                        // Out of descriptors for its server connect: the rest of the batch
+                        // would only be accepted to be reset.
+                        if self.accept_paused_until.is_some() {
+                            return;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
                     Err(e) if net::is_resource_exhaustion(&e) => {
                         logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
@@ -368,22 +409,20 @@ impl Worker {
         );
     }
 
-    /// Below the global and the service's connection caps.
-    fn has_room(&self, service: usize) -> bool {
-        if self.stats.active_total.load(Relaxed) >= self.stats.max_conns {
-            return false;
-        }
-        let cap = self.config.services[service].max_conns;
-        cap.is_none_or(|c| self.stats.services[service].active.load(Relaxed) < c as u64)
-    }
-
+    /// A client accepted under a connection slot `try_admit` took (the session gives it back
+    /// when it closes).
     fn start_session(&mut self, service: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
         self.counters.services[service].accepted.add(1);
-        self.stats.services[service].active.fetch_add(1, Relaxed);
-        self.stats.active_total.fetch_add(1, Relaxed);
         // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
         let id = self.next_id;
         self.next_id += 1;
+        match self.fault {
+            Some(Fault::Panic(n)) if self.next_id == n => panic!("SHUNT_TEST_FAULT: panic at accept {n}"),
+            Some(Fault::Error(n)) if self.next_id == n => {
+                self.failure = Some(io::Error::other(format!("SHUNT_TEST_FAULT: error at accept {n}")));
+            }
+            _ => {}
+        }
         let svc = &self.config.services[service];
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
@@ -656,8 +695,7 @@ impl Worker {
             }
             None => "-",
         };
-        self.stats.services[service].active.fetch_sub(1, Relaxed);
-        self.stats.active_total.fetch_sub(1, Relaxed);
+        self.stats.release_admission(service);
         let duration = now.saturating_duration_since(session.started);
         self.counters.services[service].session_duration.observe(duration);
         let phase = match session.phase {

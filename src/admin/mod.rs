@@ -29,7 +29,8 @@ const WAKER: Token = Token(usize::MAX);
 /// The whole request must arrive within this time, however slowly it trickles.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 256;
+/// Admin connections open at once; past it the oldest one still reading is dropped.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 
 enum Stage {
     Reading,
@@ -190,6 +191,15 @@ impl Server {
                     return;
                 }
                 ReadOutcome::TooLarge => self.respond(key, Response::text(431, "request too large"), false),
+                // A client may send its request and its FIN together (`printf ... | nc -N`):
+                // the request still gets its answer, which can be written after the FIN.
+                ReadOutcome::Eof => match parse(&conn.buf, &self.ctx) {
+                    Parsed::Incomplete => {
+                        self.close(key);
+                        return;
+                    }
+                    Parsed::Done(resp, head_only) => self.respond(key, resp, head_only),
+                },
                 ReadOutcome::More => match parse(&conn.buf, &self.ctx) {
                     Parsed::Incomplete => return,
                     Parsed::Done(resp, head_only) => self.respond(key, resp, head_only),
@@ -223,8 +233,10 @@ impl Server {
 }
 
 enum ReadOutcome {
-    /// The peer closed or failed.
+    /// The peer failed, or closed before sending anything.
     Closed,
+    /// The peer finished sending (FIN) after some bytes: they may be a whole request.
+    Eof,
     /// More than `MAX_REQUEST` bytes arrived.
     TooLarge,
     /// Read until WouldBlock; the buffer may hold a whole request.
@@ -235,7 +247,8 @@ fn read_request(conn: &mut Conn) -> ReadOutcome {
     let mut chunk = [0u8; 4096];
     loop {
         match conn.stream.read(&mut chunk) {
-            Ok(0) => return ReadOutcome::Closed,
+            Ok(0) if conn.buf.is_empty() => return ReadOutcome::Closed,
+            Ok(0) => return ReadOutcome::Eof,
             Ok(n) if conn.buf.len() + n > MAX_REQUEST => return ReadOutcome::TooLarge,
             Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::More,
