@@ -1,25 +1,28 @@
 //! shunt: a layer-4 TCP load balancer.
 //!
 //! The binary (`src/main.rs`) parses the command line and signals; everything else lives in
-//! this library so integration tests can start a balancer in-process.
+//! this library so integration tests can start a balancer in-process. Public: what `main`, the
+//! tests and the fuzz targets use (the configuration, starting and steering a balancer, its
+//! counters, the parsers the fuzzers feed); the data path stays private to the crate, so the
+//! compiler finds what nothing uses.
 
 pub mod admin;
-pub mod balance;
+mod balance;
 pub mod config;
 pub mod health;
-pub mod logs;
+mod logs;
 pub mod logsink;
 pub mod metrics;
-pub mod net;
-pub mod relay;
+mod net;
+mod relay;
 pub mod runtime;
-pub mod session;
+mod session;
 pub mod shared;
 pub mod snapshot;
 mod sys;
-pub mod timer;
-pub mod token;
-pub mod worker;
+mod timer;
+mod token;
+mod worker;
 
 pub use runtime::{start, Control, Running, StartError};
 pub use sys::raise_fd_limit;

@@ -25,7 +25,7 @@ const ACK_POLL_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// A connect to `server` is in flight since `since`.
+    /// A connect to `Session::server` is in flight since `since`.
     Connecting { since: Instant },
     /// Connected: bytes flow both ways.
     Streaming,
@@ -167,8 +167,8 @@ impl Session {
     }
 
     /// Moves bytes both ways as far as readiness allows. Returns the step and the bytes
-    /// written (to the server, to the client) by this call, including bytes written just
-    /// before a failure.
+    /// written (up, to the server; down, to the client) by this call, including bytes written
+    /// just before a failure.
     pub fn pump(&mut self, now: Instant, pools: &mut Pools) -> (Step, usize, usize) {
         let (up_before, down_before) = (self.up.delivered, self.down.delivered);
         let step = match self.phase {
@@ -176,12 +176,12 @@ impl Session {
             Phase::Streaming => self.stream(now, pools),
             Phase::Aborting { failed } => self.abort(failed, now, pools),
         };
-        let to_server = (self.up.delivered - up_before) as usize;
-        let to_client = (self.down.delivered - down_before) as usize;
-        if to_server + to_client > 0 {
+        let up = (self.up.delivered - up_before) as usize;
+        let down = (self.down.delivered - down_before) as usize;
+        if up + down > 0 {
             self.last_active = now;
         }
-        (step, to_server, to_client)
+        (step, up, down)
     }
 
     fn stream(&mut self, now: Instant, pools: &mut Pools) -> Step {
@@ -191,15 +191,15 @@ impl Session {
         let failed = match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last)
         {
             Ok(_) => None,
-            Err(FlowError::Source(_)) => Some(Side::Client),
-            Err(FlowError::Dest(_)) => Some(Side::Backend),
+            Err(FlowError::Source) => Some(Side::Client),
+            Err(FlowError::Dest) => Some(Side::Backend),
         };
         let failed = failed.or_else(|| {
             let last = self.up.done();
             match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
                 Ok(_) => None,
-                Err(FlowError::Source(_)) => Some(Side::Backend),
-                Err(FlowError::Dest(_)) => Some(Side::Client),
+                Err(FlowError::Source) => Some(Side::Backend),
+                Err(FlowError::Dest) => Some(Side::Client),
             }
         });
         match failed {
@@ -249,9 +249,9 @@ impl Session {
             match flow.pump(src, dst, src_ready, dst_ready, pools, self.splice, true) {
                 Ok(_) => break,
                 // The reset itself, reported once the queued bytes are read: the end of input.
-                Err(FlowError::Source(_)) => flow.src_eof = true,
+                Err(FlowError::Source) => flow.src_eof = true,
                 // The survivor is gone too: nothing left to deliver to.
-                Err(FlowError::Dest(_)) => return Step::Close(cause),
+                Err(FlowError::Dest) => return Step::Close(cause),
             }
         }
         if !flow.src_eof || flow.pending() > 0 {

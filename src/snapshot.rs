@@ -43,8 +43,10 @@ pub struct ServerSnapshot {
     pub active: u64,
     pub connects: u64,
     pub failed_connects: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+    /// Server to clients.
+    pub bytes_down: u64,
+    /// Clients to server.
+    pub bytes_up: u64,
     pub connect_time: HistogramSnapshot,
     /// Active probes finished.
     pub checks: u64,
@@ -144,8 +146,8 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                         active: shared.active.load(Relaxed),
                         connects: 0,
                         failed_connects: 0,
-                        bytes_in: 0,
-                        bytes_out: 0,
+                        bytes_down: 0,
+                        bytes_up: 0,
                         connect_time: HistogramSnapshot::default(),
                         checks: shared.checks.load(Relaxed),
                         last_check: shared.last_check.lock().map(|c| c.clone()).unwrap_or_default(),
@@ -154,8 +156,8 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                         let c = &w.servers[si][vi];
                         out.connects += c.connects.get();
                         out.failed_connects += c.failed_connects.get();
-                        out.bytes_in += c.bytes_in.get();
-                        out.bytes_out += c.bytes_out.get();
+                        out.bytes_down += c.bytes_down.get();
+                        out.bytes_up += c.bytes_up.get();
                         c.connect_time.sum_into(&mut out.connect_time);
                     }
                     out

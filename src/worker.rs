@@ -600,14 +600,14 @@ impl Worker {
 
     fn pump(&mut self, slot: usize, now: Instant) {
         let session = &mut self.sessions[slot];
-        let (step, to_server, to_client) = session.pump(now, &mut self.relay);
+        let (step, up, down) = session.pump(now, &mut self.relay);
         if let Some(server) = session.server {
             let counters = &self.counters.servers[session.service][server];
-            if to_server > 0 {
-                counters.bytes_out.add(to_server as u64);
+            if up > 0 {
+                counters.bytes_up.add(up as u64);
             }
-            if to_client > 0 {
-                counters.bytes_in.add(to_client as u64);
+            if down > 0 {
+                counters.bytes_down.add(down as u64);
             }
         }
         match step {

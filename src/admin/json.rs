@@ -86,8 +86,9 @@ pub fn status(snap: &Snapshot) -> String {
                 v.active,
                 v.connects,
                 v.failed_connects,
-                v.bytes_in,
-                v.bytes_out,
+                // The document keeps its first names: in = from the server, out = to it.
+                v.bytes_down,
+                v.bytes_up,
                 v.checks
             );
         }

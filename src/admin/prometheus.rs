@@ -2,8 +2,9 @@
 //! metrics` validates). Every family has HELP and TYPE; counters end in `_total`; units are
 //! base units (seconds, bytes).
 
+use crate::metrics::names::*;
 use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS};
-use crate::snapshot::{ServerSnapshot, ServerState, Snapshot, WorkerLoad};
+use crate::snapshot::{ServerSnapshot, ServerState, ServiceSnapshot, Snapshot, WorkerLoad};
 use std::fmt::Write;
 
 /// Process facts read from /proc at scrape time.
@@ -12,6 +13,7 @@ pub struct ProcessFacts {
     pub open_fds: usize,
     pub resident_bytes: u64,
     pub cpu_seconds: f64,
+    pub log_lines_dropped: u64,
 }
 
 impl ProcessFacts {
@@ -33,7 +35,12 @@ impl ProcessFacts {
                 Some((utime + stime) / 100.0)
             })
             .unwrap_or(0.0);
-        ProcessFacts { open_fds: crate::net::open_fds(), resident_bytes, cpu_seconds }
+        ProcessFacts {
+            open_fds: crate::net::open_fds(),
+            resident_bytes,
+            cpu_seconds,
+            log_lines_dropped: crate::logsink::dropped(),
+        }
     }
 }
 
@@ -72,21 +79,32 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
     let mut out = Out(String::with_capacity(8192));
     let o = &mut out;
 
-    o.family("shunt_build_info", "gauge", "Always 1; the version is a label.");
-    o.sample("shunt_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
-    o.family("shunt_uptime_seconds", "gauge", "Seconds since shunt started.");
-    o.sample("shunt_uptime_seconds", "", snap.uptime.as_secs_f64());
-    o.family("shunt_active_connections", "gauge", "Proxied connections open now, all services.");
-    o.sample("shunt_active_connections", "", snap.active);
-    o.family("shunt_max_connections", "gauge", "The global connection cap in force.");
-    o.sample("shunt_max_connections", "", snap.max_conns);
-    o.family("shunt_workers", "gauge", "Event-loop threads.");
-    o.sample("shunt_workers", "", snap.workers);
+    o.family(BUILD_INFO, "gauge", "Always 1; the version is a label.");
+    o.sample(BUILD_INFO, &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
+    let process_wide: [(&str, &str, &str, f64); 8] = [
+        (UPTIME, "gauge", "Seconds since shunt started.", snap.uptime.as_secs_f64()),
+        (ACTIVE, "gauge", "Proxied connections open now, all services.", snap.active as f64),
+        (MAX_CONNECTIONS, "gauge", "The global connection cap in force.", snap.max_conns as f64),
+        (WORKERS, "gauge", "Event-loop threads.", snap.workers as f64),
+        (
+            LOG_LINES_DROPPED,
+            "counter",
+            "Log lines dropped because stderr did not keep up (the log queue was full).",
+            process.log_lines_dropped as f64,
+        ),
+        (OPEN_FDS, "gauge", "Open file descriptors of the process.", process.open_fds as f64),
+        (RESIDENT_MEMORY, "gauge", "Resident memory of the process.", process.resident_bytes as f64),
+        (CPU_SECONDS, "counter", "User and system CPU time of the process.", process.cpu_seconds),
+    ];
+    for (name, kind, help, value) in process_wide {
+        o.family(name, kind, help);
+        o.sample(name, "", value);
+    }
     type Load = fn(&WorkerLoad) -> u64;
     let per_worker: [(&str, &str, Load); 3] = [
-        ("shunt_worker_sessions", "Sessions a worker holds now.", |w| w.sessions),
-        ("shunt_worker_timers", "Deadlines in a worker's timer heap (at most one per session).", |w| w.timers),
-        ("shunt_worker_pipes", "Pipes a worker holds, lent and idle (two descriptors each).", |w| w.pipes),
+        (WORKER_SESSIONS, "Sessions a worker holds now.", |w| w.sessions),
+        (WORKER_TIMERS, "Deadlines in a worker's timer heap (at most one per session).", |w| w.timers),
+        (WORKER_PIPES, "Pipes a worker holds, lent and idle (two descriptors each).", |w| w.pipes),
     ];
     for (name, help, get) in per_worker {
         o.family(name, "gauge", help);
@@ -94,93 +112,80 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
             o.sample(name, &format!("worker=\"{i}\""), get(w));
         }
     }
-    o.family("shunt_process_open_fds", "gauge", "Open file descriptors of the process.");
-    o.sample("shunt_process_open_fds", "", process.open_fds);
-    o.family("shunt_process_resident_memory_bytes", "gauge", "Resident memory of the process.");
-    o.sample("shunt_process_resident_memory_bytes", "", process.resident_bytes);
-    o.family("shunt_process_cpu_seconds_total", "counter", "User and system CPU time of the process.");
-    o.sample("shunt_process_cpu_seconds_total", "", process.cpu_seconds);
 
     let svc_labels = |s: &str| format!("service=\"{}\"", label(s));
-    o.family("shunt_service_accepted_total", "counter", "Client connections accepted.");
-    for s in &snap.services {
-        o.sample("shunt_service_accepted_total", &svc_labels(&s.name), s.accepted);
-    }
-    o.family(
-        "shunt_service_refused_total",
-        "counter",
-        "Client connections refused, by reason (acl, limit, no_server).",
-    );
-    for s in &snap.services {
-        for (reason, n) in [("acl", s.refused_acl), ("limit", s.refused_limit), ("no_server", s.refused_no_server)] {
-            o.sample("shunt_service_refused_total", &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
+    type ServiceValue = fn(&ServiceSnapshot) -> u64;
+    let services: [(&str, &str, &str, ServiceValue); 3] = [
+        (SERVICE_ACCEPTED, "counter", "Client connections accepted.", |s| s.accepted),
+        (
+            SERVICE_LIMIT_PAUSES,
+            "counter",
+            "Times accepting paused at a connection cap (max_conns); clients wait in the listen backlog up to \
+             timeout queue.",
+            |s| s.limit_pauses,
+        ),
+        (SERVICE_ACTIVE, "gauge", "Proxied connections open now.", |s| s.active),
+    ];
+    for (name, kind, help, value) in services {
+        o.family(name, kind, help);
+        for s in &snap.services {
+            o.sample(name, &svc_labels(&s.name), value(s));
         }
     }
-    o.family(
-        "shunt_service_limit_pauses_total",
-        "counter",
-        "Times accepting paused at a connection cap (max_conns); clients wait in the listen backlog up to timeout queue.",
-    );
+    o.family(SERVICE_REFUSED, "counter", "Client connections refused, by reason (acl, limit, no_server).");
     for s in &snap.services {
-        o.sample("shunt_service_limit_pauses_total", &svc_labels(&s.name), s.limit_pauses);
+        for (reason, n) in [("acl", s.refused_acl), ("limit", s.refused_limit), ("no_server", s.refused_no_server)] {
+            o.sample(SERVICE_REFUSED, &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
+        }
     }
-    o.family("shunt_service_active_connections", "gauge", "Proxied connections open now.");
+    o.family(SERVICE_SESSION_DURATION, "histogram", "Duration of finished sessions.");
     for s in &snap.services {
-        o.sample("shunt_service_active_connections", &svc_labels(&s.name), s.active);
-    }
-    o.family("shunt_service_session_duration_seconds", "histogram", "Duration of finished sessions.");
-    for s in &snap.services {
-        o.histogram(
-            "shunt_service_session_duration_seconds",
-            &svc_labels(&s.name),
-            DURATION_BUCKETS,
-            &s.session_duration,
-        );
+        o.histogram(SERVICE_SESSION_DURATION, &svc_labels(&s.name), DURATION_BUCKETS, &s.session_duration);
     }
 
     let servers = || snap.services.iter().flat_map(|s| s.servers.iter().map(move |v| (s, v)));
     let srv_labels = |s: &str, v: &str| format!("service=\"{}\",server=\"{}\"", label(s), label(v));
-    o.family("shunt_server_up", "gauge", "1 while the health checks say the server is up.");
-    for (s, v) in servers() {
-        o.sample("shunt_server_up", &srv_labels(&s.name, &v.name), u8::from(v.healthy));
-    }
-    o.family("shunt_server_state", "gauge", "1 for the server's current state (up, down, drain, disabled).");
+    o.family(SERVER_STATE, "gauge", "1 for the server's current state (up, down, drain, disabled).");
     for (s, v) in servers() {
         for state in [ServerState::Up, ServerState::Down, ServerState::Drain, ServerState::Disabled] {
             let labels = format!("{},state=\"{}\"", srv_labels(&s.name, &v.name), state.name());
-            o.sample("shunt_server_state", &labels, u8::from(v.state == state));
+            o.sample(SERVER_STATE, &labels, u8::from(v.state == state));
         }
     }
     // The plain one-sample-per-server families: (name, type, help, value).
     type ServerValue = fn(&ServerSnapshot) -> String;
-    let families: [(&str, &str, &str, ServerValue); 9] = [
-        ("shunt_server_weight", "gauge", "Configured weight.", |v| v.weight.to_string()),
-        ("shunt_server_active_connections", "gauge", "Connections open to the server now.", |v| v.active.to_string()),
-        ("shunt_server_connections_total", "counter", "Connections established to the server.", |v| {
-            v.connects.to_string()
-        }),
-        ("shunt_server_connect_failures_total", "counter", "Connects to the server that failed or timed out.", |v| {
+    let families: [(&str, &str, &str, ServerValue); 10] = [
+        (SERVER_UP, "gauge", "1 while the health checks say the server is up.", |v| u8::from(v.healthy).to_string()),
+        (SERVER_WEIGHT, "gauge", "Configured weight.", |v| v.weight.to_string()),
+        (SERVER_ACTIVE, "gauge", "Connections open to the server now.", |v| v.active.to_string()),
+        (SERVER_CONNECTIONS, "counter", "Connections established to the server.", |v| v.connects.to_string()),
+        (SERVER_CONNECT_FAILURES, "counter", "Connects to the server that failed or timed out.", |v| {
             v.failed_connects.to_string()
         }),
-        ("shunt_server_received_bytes_total", "counter", "Bytes received from the server.", |v| v.bytes_in.to_string()),
-        ("shunt_server_sent_bytes_total", "counter", "Bytes sent to the server.", |v| v.bytes_out.to_string()),
-        ("shunt_server_checks_total", "counter", "Active probes finished.", |v| v.checks.to_string()),
-        ("shunt_server_check_duration_seconds", "gauge", "Duration of the last active probe.", |v| {
+        (
+            SERVER_RECEIVED_BYTES,
+            "counter",
+            "Bytes from the server written to its clients' sockets (see the README on resets).",
+            |v| v.bytes_down.to_string(),
+        ),
+        (
+            SERVER_SENT_BYTES,
+            "counter",
+            "Bytes from clients written to the server's sockets (see the README on resets).",
+            |v| v.bytes_up.to_string(),
+        ),
+        (SERVER_CHECKS, "counter", "Active probes finished.", |v| v.checks.to_string()),
+        (SERVER_CHECK_DURATION, "gauge", "Duration of the last active probe.", |v| {
             (v.last_check.duration_us as f64 / 1e6).to_string()
         }),
-        (
-            "shunt_server_check_success",
-            "gauge",
-            "1 if the last active probe passed, 0 if it failed, -1 before any.",
-            |v| {
-                match v.last_check.ok {
-                    Some(true) => "1",
-                    Some(false) => "0",
-                    None => "-1",
-                }
-                .to_string()
-            },
-        ),
+        (SERVER_CHECK_SUCCESS, "gauge", "1 if the last active probe passed, 0 if it failed, -1 before any.", |v| {
+            match v.last_check.ok {
+                Some(true) => "1",
+                Some(false) => "0",
+                None => "-1",
+            }
+            .to_string()
+        }),
     ];
     for (name, kind, help, value) in families {
         o.family(name, kind, help);
@@ -188,9 +193,9 @@ pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
             o.sample(name, &srv_labels(&s.name, &v.name), value(v));
         }
     }
-    o.family("shunt_server_connect_seconds", "histogram", "Time to establish connections to the server.");
+    o.family(SERVER_CONNECT_TIME, "histogram", "Time to establish connections to the server.");
     for (s, v) in servers() {
-        o.histogram("shunt_server_connect_seconds", &srv_labels(&s.name, &v.name), CONNECT_BUCKETS, &v.connect_time);
+        o.histogram(SERVER_CONNECT_TIME, &srv_labels(&s.name, &v.name), CONNECT_BUCKETS, &v.connect_time);
     }
     out.0
 }

@@ -5,6 +5,8 @@
 //! worker's set and sums them, so totals are exact. Gauges that several workers must agree on
 //! (active connections, used by caps and leastconn) live in `shared.rs` instead.
 
+pub mod names;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A counter with a single writer.
@@ -103,10 +105,10 @@ pub struct ServerCounters {
     /// Connections established to the server.
     pub connects: Counter,
     pub failed_connects: Counter,
-    /// Bytes received from the server (delivered to clients).
-    pub bytes_in: Counter,
-    /// Bytes sent to the server.
-    pub bytes_out: Counter,
+    /// "Down" (server to client): bytes from the server written to clients' sockets.
+    pub bytes_down: Counter,
+    /// "Up" (client to server): bytes from clients written to the server's sockets.
+    pub bytes_up: Counter,
     pub connect_time: Histogram,
 }
 
@@ -115,8 +117,8 @@ impl Default for ServerCounters {
         ServerCounters {
             connects: Counter::default(),
             failed_connects: Counter::default(),
-            bytes_in: Counter::default(),
-            bytes_out: Counter::default(),
+            bytes_down: Counter::default(),
+            bytes_up: Counter::default(),
             connect_time: Histogram::new(CONNECT_BUCKETS),
         }
     }
