@@ -502,30 +502,54 @@ mod tests {
     }
 
     #[test]
-    fn streaming_a_full_destination_stops_reading_the_source() {
-        // The client sends far more than the server reads: the session holds at most one
-        // channel of it, and the rest stays in kernel buffers (backpressure).
+    fn streaming_a_full_destination_holds_the_source_back_then_everything_flows() {
+        // The client sends far more than the server reads. Non-blocking peers and pumps in
+        // turn, so each step is decided by the sockets, not by time.
+        // Byte `i` of the stream is `i % 251`: `chunk[from % 251..]` continues it anywhere.
+        const LEN: usize = 256 << 20;
+        let chunk: Vec<u8> = (0..251 * 1024).map(|i| (i % 251) as u8).collect();
         let mut f = session_streaming(Splice::Off);
-        let client = f.client.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut c = client;
-            let chunk = vec![1u8; 1 << 16];
-            let mut sent = 0usize;
-            while sent < 64 << 20 {
-                match c.write(&chunk) {
-                    Ok(n) => sent += n,
-                    Err(_) => break,
-                }
-            }
-        });
-        wait_readable(&f.session.client);
-        for _ in 0..200 {
-            f.pump_at(f.t0);
+        f.client.set_nonblocking(true).unwrap();
+        f.server.set_nonblocking(true).unwrap();
+        let write_some = |c: &mut std::net::TcpStream, from: usize| {
+            let part = &chunk[from % 251..];
+            c.write(&part[..part.len().min(LEN - from)])
+        };
+        let write_some = |c: &mut std::net::TcpStream, from: usize| match write_some(c, from) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("client write: {e}"),
+        };
+        // The server reads nothing: once a round moves no byte, in or through, the client is
+        // held back, with the session holding at most one buffer and the rest in the kernels.
+        let mut sent = 0;
+        loop {
+            let wrote = write_some(&mut f.client, sent);
+            sent += wrote;
+            let (_, up, _) = f.pump_at(f.t0);
             assert!(f.session.up.pending() <= crate::relay::BUF_SIZE, "bounded: {}", f.session.up.pending());
+            if wrote == 0 && up == 0 {
+                break;
+            }
         }
-        // The server drains: everything flows again.
-        drop(f.server);
-        drop(f.session);
-        writer.join().unwrap();
+        assert!(sent < LEN / 4, "the client was not held back: it wrote {sent} of {LEN} bytes");
+        // The server reads now: every byte arrives, in order, and the client gets to send the rest.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut got, mut buf) = (0, vec![0u8; 256 * 1024]);
+        while got < LEN {
+            assert!(Instant::now() < deadline, "stalled after {got} of {LEN} bytes ({sent} sent)");
+            sent += write_some(&mut f.client, sent);
+            f.pump_at(f.t0);
+            match f.server.read(&mut buf) {
+                Ok(0) => panic!("EOF after {got} bytes"),
+                Ok(n) => {
+                    let at = buf[..n].iter().enumerate().position(|(i, &b)| usize::from(b) != (got + i) % 251);
+                    assert!(at.is_none(), "byte {} differs", got + at.unwrap_or(0));
+                    got += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
     }
 }
