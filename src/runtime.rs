@@ -78,7 +78,7 @@ pub struct Running {
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let workers = config.workers.max(1);
-    let mut stats = Stats::new(&config, workers);
+    let mut stats = Stats::new(Arc::clone(&config), workers);
     let budget = descriptor_budget(&config, workers);
     stats.max_conns = budget.max_conns;
     let stats = Arc::new(stats);
@@ -117,8 +117,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         };
 
     let io_err = |what| move |error| StartError::Io { what, error };
-    let (health_thread, health_link) =
-        health::prepare(Arc::clone(&config), Arc::clone(&stats)).map_err(io_err("health poll"))?;
+    let generation = stats.current();
+    let (health_thread, health_link) = health::prepare(&generation).map_err(io_err("health poll"))?;
     let mut links = Vec::new();
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     for (index, listeners) in per_worker.into_iter().enumerate() {
@@ -126,9 +126,16 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         let waker = Arc::new(Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let link = WorkerLink { tx, waker: Arc::clone(&waker) };
-        let setup = WorkerSetup { index, poll, rx, listeners, pipe_budget: budget.pipes_per_worker };
-        let worker = Worker::new(setup, Arc::clone(&config), Arc::clone(&stats), health_link.clone())
-            .map_err(io_err("worker registration"))?;
+        let setup = WorkerSetup {
+            index,
+            poll,
+            rx,
+            listeners,
+            generation: Arc::clone(&generation),
+            pipe_budget: budget.pipes_per_worker,
+        };
+        let worker =
+            Worker::new(setup, Arc::clone(&stats), health_link.clone()).map_err(io_err("worker registration"))?;
         let exit = ExitReport { index, tx: exit_tx.clone(), sent: false };
         std::thread::Builder::new()
             .name(format!("shunt-worker-{index}"))
@@ -151,7 +158,6 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     if let Some((listener, token)) = admin {
         running.admin_addr = listener.local_addr().ok();
         let ctx = crate::admin::Context {
-            config: Arc::clone(&config),
             stats: Arc::clone(&stats),
             listening: running.listening.clone(),
             control: running.control(),
@@ -276,7 +282,7 @@ impl Control {
 impl Running {
     /// Counters and states, summed over workers.
     pub fn snapshot(&self) -> crate::snapshot::Snapshot {
-        crate::snapshot::take(&self.config, &self.stats, &self.listening)
+        crate::snapshot::take(&self.stats, &self.listening)
     }
 
     pub fn control(&self) -> Control {

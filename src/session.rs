@@ -8,20 +8,38 @@
 //! peer resets, `Streaming` → `Aborting` (its last bytes reach the other peer, then that peer
 //! gets the reset) → closed.
 
-use crate::config::{Splice, Timeouts};
+use crate::config::{Service, Splice, Timeouts};
 use crate::logs::Cause;
 use crate::relay::{Flow, FlowError, Pools, Ready};
+use crate::shared::{ServerId, ServerRuntime, ServiceRuntime};
 use crate::sys;
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// First wait between two looks at the survivor's unacknowledged bytes in `Aborting`; it
 /// doubles up to `ACK_POLL_MAX` while the peer takes nothing, and starts again on progress.
 const ACK_POLL_MIN: Duration = Duration::from_millis(2);
 const ACK_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// What a session keeps of its service's settings when it starts: a reload's new values reach
+/// only new sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub splice: Splice,
+    pub timeouts: Timeouts,
+    /// Failed connects to retry on other servers.
+    pub retries: u32,
+}
+
+impl Settings {
+    pub fn of(svc: &Service) -> Settings {
+        Settings { splice: svc.splice, timeouts: svc.timeouts, retries: svc.retries }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -47,22 +65,24 @@ pub enum Step {
 pub struct Session {
     /// Unique per worker over its lifetime; guards deferred work against slot reuse.
     pub id: u64,
-    pub service: usize,
+    /// Its service's runtime (counters, the connection slot the session holds), even after a
+    /// reload removed the service.
+    pub service: Arc<ServiceRuntime>,
     pub client: TcpStream,
     /// Canonical (IPv4-mapped addresses unmapped).
     pub client_addr: SocketAddr,
     pub backend: Option<TcpStream>,
     /// The server `backend` belongs to (holding one of its `active` slots) while `Some`.
-    pub server: Option<usize>,
+    pub server: Option<Arc<ServerRuntime>>,
     /// Servers that already failed this session's connects; never picked again for it.
-    pub tried: Vec<usize>,
+    pub tried: Vec<ServerId>,
     pub phase: Phase,
     client_ready: Ready,
     backend_ready: Ready,
     pub up: Flow,
     pub down: Flow,
-    /// The service's timeouts when the session started (a reload does not change them).
-    pub timeouts: Timeouts,
+    /// Its service's settings when the session started.
+    pub settings: Settings,
     pub started: Instant,
     /// Last time a byte moved either way, or, in `Aborting`, the survivor's peer acknowledged
     /// more: the idle and fin timeouts run from here.
@@ -77,7 +97,6 @@ pub struct Session {
     unacked: Option<(usize, Instant)>,
     /// The wait before the next look at `unacked` (doubles while nothing is acknowledged).
     ack_poll: Duration,
-    splice: Splice,
     /// The worker closed it during this event batch; its slot is freed after the batch so
     /// events still queued for it cannot reach a new session in the same slot.
     pub closed: bool,
@@ -86,11 +105,10 @@ pub struct Session {
 impl Session {
     pub fn new(
         id: u64,
-        service: usize,
+        service: Arc<ServiceRuntime>,
         client: TcpStream,
         client_addr: SocketAddr,
-        splice: Splice,
-        timeouts: Timeouts,
+        settings: Settings,
         now: Instant,
     ) -> Session {
         Session {
@@ -107,14 +125,13 @@ impl Session {
             backend_ready: Ready::default(),
             up: Flow::default(),
             down: Flow::default(),
-            timeouts,
+            settings,
             started: now,
             last_active: now,
             connect_time: None,
             timer_armed: None,
             unacked: None,
             ack_poll: ACK_POLL_MIN,
-            splice,
             closed: false,
         }
     }
@@ -132,7 +149,7 @@ impl Session {
     }
 
     /// A new connect attempt started on `backend` towards `server`.
-    pub fn connecting(&mut self, backend: TcpStream, server: usize, now: Instant) {
+    pub fn connecting(&mut self, backend: TcpStream, server: Arc<ServerRuntime>, now: Instant) {
         self.backend = Some(backend);
         self.server = Some(server);
         self.backend_ready = Ready::default();
@@ -154,7 +171,7 @@ impl Session {
     /// while aborting, the fin timeout, or sooner the next look at what the survivor's peer
     /// acknowledged.
     pub fn deadline(&self) -> Instant {
-        let t = &self.timeouts;
+        let t = &self.settings.timeouts;
         match self.phase {
             Phase::Connecting { since } => since + t.connect,
             Phase::Streaming if self.up.done() || self.down.done() => self.last_active + t.idle.min(t.fin),
@@ -188,15 +205,30 @@ impl Session {
         let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
         let (c, b) = (self.client.as_fd(), backend.as_fd());
         let last = self.down.done();
-        let failed = match self.up.pump(c, b, &mut self.client_ready, &mut self.backend_ready, pools, self.splice, last)
-        {
+        let failed = match self.up.pump(
+            c,
+            b,
+            &mut self.client_ready,
+            &mut self.backend_ready,
+            pools,
+            self.settings.splice,
+            last,
+        ) {
             Ok(_) => None,
             Err(FlowError::Source) => Some(Side::Client),
             Err(FlowError::Dest) => Some(Side::Backend),
         };
         let failed = failed.or_else(|| {
             let last = self.up.done();
-            match self.down.pump(b, c, &mut self.backend_ready, &mut self.client_ready, pools, self.splice, last) {
+            match self.down.pump(
+                b,
+                c,
+                &mut self.backend_ready,
+                &mut self.client_ready,
+                pools,
+                self.settings.splice,
+                last,
+            ) {
                 Ok(_) => None,
                 Err(FlowError::Source) => Some(Side::Backend),
                 Err(FlowError::Dest) => Some(Side::Client),
@@ -246,7 +278,7 @@ impl Session {
             if flow.src_eof && flow.pending() == 0 {
                 break;
             }
-            match flow.pump(src, dst, src_ready, dst_ready, pools, self.splice, true) {
+            match flow.pump(src, dst, src_ready, dst_ready, pools, self.settings.splice, true) {
                 Ok(_) => break,
                 // The reset itself, reported once the queued bytes are read: the end of input.
                 Err(FlowError::Source) => flow.src_eof = true,
@@ -269,7 +301,7 @@ impl Session {
         } else {
             self.ack_poll = (self.ack_poll * 2).min(ACK_POLL_MAX);
         }
-        if now >= self.last_active + self.timeouts.fin {
+        if now >= self.last_active + self.settings.timeouts.fin {
             // The peer stopped taking bytes: what it has not acknowledged is lost with the
             // reset, and `close` takes it off the delivered count.
             return Step::Close(cause);
@@ -357,8 +389,19 @@ mod tests {
         let t0 = Instant::now();
         let (c, client) = pair();
         let (b, server) = pair();
-        let mut session = Session::new(7, 0, c, "127.0.0.1:1".parse().unwrap(), splice, TIMEOUTS, t0);
-        session.connecting(b, 0, t0);
+        let service = Arc::new(ServiceRuntime::new("s", 1));
+        let settings = Settings { splice, timeouts: TIMEOUTS, retries: 0 };
+        let mut session = Session::new(7, service, c, "127.0.0.1:1".parse().unwrap(), settings, t0);
+        let conf = crate::config::Server {
+            name: "b".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            backup: false,
+            disabled: false,
+            maxconn: None,
+            line: 1,
+        };
+        session.connecting(b, Arc::new(ServerRuntime::new(&conf, 1)), t0);
         Fixture { session, client, server, pools: Pools::default(), t0 }
     }
 

@@ -1,21 +1,28 @@
-//! State shared between threads: per-server and per-service counters (atomics, written by the
-//! workers and the health thread, read by the admin thread), and the messages that steer the
-//! workers and the health thread.
+//! State shared between threads: the runtime object of every service and server of the running
+//! configuration (its identity, gauges, and one counter set per worker), the generation that
+//! groups them, and the messages that steer the workers and the health thread.
 //!
-//! Nothing here is locked on the data path: counters are relaxed atomics, and a worker learns
-//! about health and admin changes only through [`WorkerMsg`] on its channel.
+//! Identities, not positions: a session holds its service's and server's runtime by `Arc`, and
+//! messages name servers by a [`ServerId`] that is never reused. A reload builds a new
+//! [`Generation`] that carries the runtime of every service and server it keeps (matched by
+//! name, and for servers by address too), so their health, counters and live sessions go on,
+//! while sessions of removed ones finish on the runtime they hold.
+//!
+//! Nothing here is locked on the data path: counters are relaxed atomics with one writer each,
+//! and a worker learns about health and admin changes only through [`WorkerMsg`] on its channel.
 
-use crate::metrics::WorkerCounters;
+use crate::config::Config;
+use crate::metrics::{ServerCounters, ServiceCounters, WorkerCounters};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Identifies a server by its position in the running configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ServerId {
-    pub service: usize,
-    pub server: usize,
-}
+/// Names a server in messages: unique over the process's life and never reused, so a message
+/// about a server a reload removed cannot reach the one that took its place.
+pub type ServerId = u64;
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The operator's say on a server, independent of its health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +56,22 @@ pub struct CheckOutcome {
     pub duration_us: u64,
 }
 
-/// Counters and state of one server, summed over all workers.
+/// One worker's counter set, alone on its cache lines: workers never write a line another
+/// worker writes.
 #[derive(Debug, Default)]
-pub struct ServerStats {
+#[repr(align(128))]
+pub struct PerWorker<T>(pub T);
+
+fn per_worker<T: Default>(workers: usize) -> Box<[PerWorker<T>]> {
+    (0..workers).map(|_| PerWorker::default()).collect()
+}
+
+/// One server of the running configuration, as every thread sees it.
+#[derive(Debug)]
+pub struct ServerRuntime {
+    pub id: ServerId,
+    pub name: String,
+    pub addr: SocketAddr,
     /// The health thread's verdict (the single writer).
     pub up: AtomicBool,
     admin: AtomicU8,
@@ -62,9 +82,29 @@ pub struct ServerStats {
     pub checks: AtomicU64,
     /// Written only by the health thread, read by the admin thread: never on the data path.
     pub last_check: Mutex<CheckOutcome>,
+    /// `counters[w]` is written by worker `w` only; readers sum them.
+    pub counters: Box<[PerWorker<ServerCounters>]>,
 }
 
-impl ServerStats {
+impl ServerRuntime {
+    pub(crate) fn new(server: &crate::config::Server, workers: usize) -> ServerRuntime {
+        let rt = ServerRuntime {
+            id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
+            name: server.name.clone(),
+            addr: server.addr,
+            up: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            active: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            last_check: Mutex::new(CheckOutcome::default()),
+            counters: per_worker(workers),
+        };
+        if server.disabled {
+            rt.set_admin(AdminState::Disabled);
+        }
+        rt
+    }
+
     pub fn admin(&self) -> AdminState {
         AdminState::from_u8(self.admin.load(Relaxed))
     }
@@ -87,14 +127,87 @@ impl ServerStats {
     }
 }
 
-/// Gauges of one service that every worker must see (the per-service `max_conns`).
-#[derive(Debug, Default)]
-pub struct ServiceStats {
+/// One service of the running configuration, as every thread sees it.
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    pub name: String,
+    /// Proxied connections of this service now, over all workers (its `max_conns`).
     pub active: AtomicU64,
+    /// `counters[w]` is written by worker `w` only; readers sum them.
+    pub counters: Box<[PerWorker<ServiceCounters>]>,
 }
 
-/// All counters of a running shunt. Built from the config at start; a reload carries the
-/// entries of servers that keep their (service, server) names.
+impl ServiceRuntime {
+    pub(crate) fn new(name: &str, workers: usize) -> ServiceRuntime {
+        ServiceRuntime { name: name.to_string(), active: AtomicU64::new(0), counters: per_worker(workers) }
+    }
+}
+
+/// One configuration and the runtime of its services and servers, in file order:
+/// `services[i]` is `config.services[i]`'s, `servers[i][j]` that of its server `j`.
+#[derive(Debug)]
+pub struct Generation {
+    /// 1 at start, one more per reload taken.
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub services: Vec<Arc<ServiceRuntime>>,
+    pub servers: Vec<Vec<Arc<ServerRuntime>>>,
+}
+
+impl Generation {
+    /// The runtime for `config`: taken over from `previous` for every service it keeps (by
+    /// name) and every server it keeps (by service, name and address; a server whose address
+    /// changed is a new server), new for the rest.
+    pub fn build(config: Arc<Config>, previous: Option<&Generation>, workers: usize) -> Generation {
+        let old_service = |name: &str| {
+            let prev = previous?;
+            let i = prev.config.services.iter().position(|s| s.name == name)?;
+            Some(i)
+        };
+        let mut services = Vec::new();
+        let mut servers = Vec::new();
+        for svc in &config.services {
+            let kept = old_service(&svc.name).zip(previous);
+            services.push(match kept {
+                Some((i, prev)) => Arc::clone(&prev.services[i]),
+                None => Arc::new(ServiceRuntime::new(&svc.name, workers)),
+            });
+            servers.push(
+                svc.servers
+                    .iter()
+                    .map(|srv| {
+                        let old = kept.and_then(|(i, prev)| {
+                            prev.servers[i].iter().find(|o| o.name == srv.name && o.addr == srv.addr)
+                        });
+                        match old {
+                            Some(rt) => Arc::clone(rt),
+                            None => Arc::new(ServerRuntime::new(srv, workers)),
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        Generation { number: previous.map_or(1, |p| p.number + 1), config, services, servers }
+    }
+
+    /// Every server with its service's index, in file order.
+    pub fn all_servers(&self) -> impl Iterator<Item = (usize, &Arc<ServerRuntime>)> {
+        self.servers.iter().enumerate().flat_map(|(si, list)| list.iter().map(move |s| (si, s)))
+    }
+
+    /// The server with this id, and its service's index.
+    pub fn server(&self, id: ServerId) -> Option<(usize, &Arc<ServerRuntime>)> {
+        self.all_servers().find(|(_, s)| s.id == id)
+    }
+
+    /// The server named `server` of the service named `service`.
+    pub fn server_named(&self, service: &str, server: &str) -> Option<&Arc<ServerRuntime>> {
+        let si = self.config.services.iter().position(|s| s.name == service)?;
+        self.servers[si].iter().find(|s| s.name == server)
+    }
+}
+
+/// Process-wide counters and the running generation.
 #[derive(Debug)]
 pub struct Stats {
     pub started: Instant,
@@ -102,55 +215,48 @@ pub struct Stats {
     pub active_total: AtomicUsize,
     /// The global cap in force: `max_conns`, lowered if the descriptor limit cannot carry it.
     pub max_conns: usize,
-    pub services: Vec<Arc<ServiceStats>>,
-    /// `servers[service][server]`.
-    pub servers: Vec<Vec<Arc<ServerStats>>>,
-    /// One counter set per worker, summed by readers.
+    /// One set of worker gauges per worker.
     pub workers: Vec<Arc<WorkerCounters>>,
+    /// The generation in force. Read (an `Arc` clone under a read lock) by the admin thread and
+    /// at reloads; the workers hold their own copy, handed to them over their channels.
+    current: RwLock<Arc<Generation>>,
 }
 
 impl Stats {
-    pub fn new(config: &crate::config::Config, workers: usize) -> Stats {
+    pub fn new(config: Arc<Config>, workers: usize) -> Stats {
         Stats {
-            workers: (0..workers).map(|_| Arc::new(WorkerCounters::new(config))).collect(),
             started: Instant::now(),
             active_total: AtomicUsize::new(0),
             max_conns: config.max_conns,
-            services: config.services.iter().map(|_| Arc::default()).collect(),
-            servers: config
-                .services
-                .iter()
-                .map(|svc| {
-                    svc.servers
-                        .iter()
-                        .map(|srv| {
-                            let stats = ServerStats { up: AtomicBool::new(true), ..Default::default() };
-                            if srv.disabled {
-                                stats.set_admin(AdminState::Disabled);
-                            }
-                            Arc::new(stats)
-                        })
-                        .collect()
-                })
-                .collect(),
+            workers: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            current: RwLock::new(Arc::new(Generation::build(config, None, workers))),
         }
     }
 
-    /// Takes one connection slot under the global cap and under `service`'s own `cap`, or
+    /// The generation in force.
+    pub fn current(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Makes `generation` the one in force.
+    pub fn publish(&self, generation: Arc<Generation>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = generation;
+    }
+
+    /// Takes one connection slot under the global cap and under the service's own `cap`, or
     /// none. Each check-and-take is one atomic step, so workers racing for the last slot
     /// cannot overshoot a cap.
-    pub fn try_admit(&self, service: usize, cap: Option<usize>) -> bool {
-        let below = |max: usize| move |n: usize| (n < max).then_some(n + 1);
-        if self.active_total.fetch_update(Relaxed, Relaxed, below(self.max_conns)).is_err() {
+    pub fn try_admit(&self, service: &ServiceRuntime, cap: Option<usize>) -> bool {
+        let max = self.max_conns;
+        if self.active_total.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_err() {
             return false;
         }
-        let active = &self.services[service].active;
         let taken = match cap {
             None => {
-                active.fetch_add(1, Relaxed);
+                service.active.fetch_add(1, Relaxed);
                 true
             }
-            Some(c) => active.fetch_update(Relaxed, Relaxed, |n| (n < c as u64).then_some(n + 1)).is_ok(),
+            Some(c) => service.active.fetch_update(Relaxed, Relaxed, |n| (n < c as u64).then_some(n + 1)).is_ok(),
         };
         if !taken {
             self.active_total.fetch_sub(1, Relaxed);
@@ -159,13 +265,9 @@ impl Stats {
     }
 
     /// Gives back a slot `try_admit` took.
-    pub fn release_admission(&self, service: usize) {
-        self.services[service].active.fetch_sub(1, Relaxed);
+    pub fn release_admission(&self, service: &ServiceRuntime) {
+        service.active.fetch_sub(1, Relaxed);
         self.active_total.fetch_sub(1, Relaxed);
-    }
-
-    pub fn server(&self, id: ServerId) -> &Arc<ServerStats> {
-        &self.servers[id.service][id.server]
     }
 }
 
@@ -194,4 +296,51 @@ pub enum HealthMsg {
         state: AdminState,
     },
     Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_bytes;
+    use std::path::Path;
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(parse_bytes(text.as_bytes(), Path::new("t.conf")).unwrap())
+    }
+
+    const BASE: &str = "service a\n bind 127.0.0.1:0\n server x 127.0.0.1:1\n server y 127.0.0.1:2\n\
+                        service b\n bind 127.0.0.1:0\n server z 127.0.0.1:3\n";
+
+    #[test]
+    fn a_reload_keeps_the_runtime_of_what_it_keeps_by_name_and_address() {
+        let g1 = Generation::build(config(BASE), None, 2);
+        // b goes, a's y moves to another address, a gains w, c is new.
+        let next = "service c\n bind 127.0.0.1:0\n server z 127.0.0.1:3\n\
+                    service a\n bind 127.0.0.1:0\n server w 127.0.0.1:4\n server y 127.0.0.1:9\n server x 127.0.0.1:1\n";
+        let g2 = Generation::build(config(next), Some(&g1), 2);
+        assert_eq!(g2.number, 2);
+        assert!(Arc::ptr_eq(&g2.services[1], &g1.services[0]), "service a kept");
+        assert!(!Arc::ptr_eq(&g2.services[0], &g1.services[1]), "c is not b, though it has b's server");
+        let [w, y, x] = [&g2.servers[1][0], &g2.servers[1][1], &g2.servers[1][2]];
+        assert!(Arc::ptr_eq(x, &g1.servers[0][0]), "x kept: same name, same address");
+        assert!(!Arc::ptr_eq(y, &g1.servers[0][1]), "y changed address: a new server");
+        assert_ne!(y.id, g1.servers[0][1].id, "and a new id");
+        assert!(g1.all_servers().all(|(_, s)| s.id != w.id));
+        assert_eq!(g2.server(x.id).map(|(si, _)| si), Some(1));
+        assert!(g2.server(g1.servers[1][0].id).is_none(), "b's z is gone");
+    }
+
+    #[test]
+    fn admission_never_overshoots_a_cap() {
+        let stats = Stats { max_conns: 3, ..Stats::new(config(BASE), 1) };
+        let svc = Arc::clone(&stats.current().services[0]);
+        let taken = (0..5).filter(|_| stats.try_admit(&svc, Some(2))).count();
+        assert_eq!(taken, 2, "the service's cap");
+        assert_eq!(stats.active_total.load(Relaxed), 2, "a refused service slot gives the global one back");
+        let other = Arc::clone(&stats.current().services[1]);
+        assert!(stats.try_admit(&other, None));
+        assert!(!stats.try_admit(&other, None), "the global cap");
+        stats.release_admission(&svc);
+        assert!(stats.try_admit(&other, None));
+    }
 }

@@ -4,9 +4,9 @@
 //! Counters are read with relaxed loads while workers run, so a snapshot is not one instant,
 //! but every counter is exact at its own read and never goes backwards.
 
-use crate::config::Config;
+use crate::config::Server;
 use crate::metrics::HistogramSnapshot;
-use crate::shared::{AdminState, CheckOutcome, ServerId, Stats};
+use crate::shared::{AdminState, CheckOutcome, PerWorker, ServerRuntime, Stats};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -94,18 +94,22 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
 }
 
-/// Builds a snapshot. `listening` is every bound listener as (service name, address).
-pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
-    let services = config
+/// Builds a snapshot of the generation in force. `listening` is every bound listener as
+/// (service name, address).
+pub fn take(stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
+    let generation = stats.current();
+    let services = generation
+        .config
         .services
         .iter()
         .enumerate()
         .map(|(si, svc)| {
+            let rt = &generation.services[si];
             let mut s = ServiceSnapshot {
                 name: svc.name.clone(),
                 listeners: listening.iter().filter(|(n, _)| *n == svc.name).map(|(_, a)| *a).collect(),
                 balance: svc.balance.name(),
-                active: stats.services[si].active.load(Relaxed),
+                active: rt.active.load(Relaxed),
                 accepted: 0,
                 refused_acl: 0,
                 refused_limit: 0,
@@ -114,8 +118,7 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                 session_duration: HistogramSnapshot::default(),
                 servers: Vec::new(),
             };
-            for w in &stats.workers {
-                let c = &w.services[si];
+            for PerWorker(c) in rt.counters.iter() {
                 s.accepted += c.accepted.get();
                 s.refused_acl += c.refused_acl.get();
                 s.refused_limit += c.refused_limit.get();
@@ -123,46 +126,7 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
                 s.limit_pauses += c.limit_pauses.get();
                 c.session_duration.sum_into(&mut s.session_duration);
             }
-            s.servers = svc
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(vi, srv)| {
-                    let shared = stats.server(ServerId { service: si, server: vi });
-                    let healthy = shared.up.load(Relaxed);
-                    let state = match shared.admin() {
-                        AdminState::Disabled => ServerState::Disabled,
-                        AdminState::Drain => ServerState::Drain,
-                        AdminState::Enabled if healthy => ServerState::Up,
-                        AdminState::Enabled => ServerState::Down,
-                    };
-                    let mut out = ServerSnapshot {
-                        name: srv.name.clone(),
-                        address: srv.addr,
-                        weight: srv.weight,
-                        backup: srv.backup,
-                        state,
-                        healthy,
-                        active: shared.active.load(Relaxed),
-                        connects: 0,
-                        failed_connects: 0,
-                        bytes_down: 0,
-                        bytes_up: 0,
-                        connect_time: HistogramSnapshot::default(),
-                        checks: shared.checks.load(Relaxed),
-                        last_check: shared.last_check.lock().map(|c| c.clone()).unwrap_or_default(),
-                    };
-                    for w in &stats.workers {
-                        let c = &w.servers[si][vi];
-                        out.connects += c.connects.get();
-                        out.failed_connects += c.failed_connects.get();
-                        out.bytes_down += c.bytes_down.get();
-                        out.bytes_up += c.bytes_up.get();
-                        c.connect_time.sum_into(&mut out.connect_time);
-                    }
-                    out
-                })
-                .collect();
+            s.servers = svc.servers.iter().zip(&generation.servers[si]).map(|(srv, rt)| server(srv, rt)).collect();
             s
         })
         .collect();
@@ -178,4 +142,38 @@ pub fn take(config: &Config, stats: &Stats, listening: &[(String, SocketAddr)]) 
             .collect(),
         services,
     }
+}
+
+fn server(srv: &Server, rt: &ServerRuntime) -> ServerSnapshot {
+    let healthy = rt.up.load(Relaxed);
+    let state = match rt.admin() {
+        AdminState::Disabled => ServerState::Disabled,
+        AdminState::Drain => ServerState::Drain,
+        AdminState::Enabled if healthy => ServerState::Up,
+        AdminState::Enabled => ServerState::Down,
+    };
+    let mut out = ServerSnapshot {
+        name: srv.name.clone(),
+        address: srv.addr,
+        weight: srv.weight,
+        backup: srv.backup,
+        state,
+        healthy,
+        active: rt.active.load(Relaxed),
+        connects: 0,
+        failed_connects: 0,
+        bytes_down: 0,
+        bytes_up: 0,
+        connect_time: HistogramSnapshot::default(),
+        checks: rt.checks.load(Relaxed),
+        last_check: rt.last_check.lock().map(|c| c.clone()).unwrap_or_default(),
+    };
+    for PerWorker(c) in rt.counters.iter() {
+        out.connects += c.connects.get();
+        out.failed_connects += c.failed_connects.get();
+        out.bytes_down += c.bytes_down.get();
+        out.bytes_up += c.bytes_up.get();
+        c.connect_time.sum_into(&mut out.connect_time);
+    }
+    out
 }

@@ -147,13 +147,13 @@ fn http_check_takes_server_down_and_rise_brings_it_back() {
         port: None,
     };
     let (r, addr) = start(config(vec![svc]));
-    let up = |r: &shunt::Running| r.stats.servers[0][0].up.load(Ordering::Relaxed);
+    let up = |r: &shunt::Running| r.stats.current().servers[0][0].up.load(Ordering::Relaxed);
     wait_for(Duration::from_secs(5), "first probe of a passes", || {
-        r.stats.servers[0][0].last_check.lock().unwrap().ok == Some(true)
+        r.stats.current().servers[0][0].last_check.lock().unwrap().ok == Some(true)
     });
     a_ok.store(false, Ordering::SeqCst);
     wait_for(Duration::from_secs(5), "a marked down", || !up(&r));
-    let detail = r.stats.servers[0][0].last_check.lock().unwrap().detail.clone();
+    let detail = r.stats.current().servers[0][0].last_check.lock().unwrap().detail.clone();
     assert!(detail.contains("503"), "last check says why: {detail}");
     // The worker hears the verdict over its channel; once it has, a gets nothing.
     wait_for(Duration::from_secs(5), "traffic avoids a", || (0..4).all(|_| fetch(addr) == "b"));
@@ -174,7 +174,8 @@ fn backup_serves_only_while_every_regular_server_is_down() {
     let (r, addr) = start(config(vec![svc]));
     // Active probes find both regular servers dead; from then on the backup takes everything.
     wait_for(Duration::from_secs(5), "regular servers down", || {
-        !r.stats.servers[0][0].up.load(Ordering::Relaxed) && !r.stats.servers[0][1].up.load(Ordering::Relaxed)
+        !r.stats.current().servers[0][0].up.load(Ordering::Relaxed)
+            && !r.stats.current().servers[0][1].up.load(Ordering::Relaxed)
     });
     for _ in 0..10 {
         let mut c = TcpStream::connect(addr).unwrap();
@@ -235,11 +236,11 @@ fn idle_timeout_closes_both_sides() {
 
 #[test]
 fn drained_server_gets_no_new_connections_and_enable_restores_it() {
-    use shunt::shared::{AdminState, HealthMsg, ServerId, WorkerMsg};
+    use shunt::shared::{AdminState, HealthMsg, WorkerMsg};
     let a = name_server("a");
     let b = name_server("b");
     let (r, addr) = start(config(vec![service(vec![("a", a, 1), ("b", b, 1)])]));
-    let id = ServerId { service: 0, server: 0 };
+    let id = r.stats.current().servers[0][0].id;
     let ctl = r.control();
     ctl.to_workers(WorkerMsg::Admin { id, state: AdminState::Drain });
     ctl.to_health(HealthMsg::Admin { id, state: AdminState::Drain });
@@ -439,9 +440,9 @@ fn health_probes_leave_no_time_wait_on_the_balancer() {
         port: None,
     };
     let (r, _) = start(config(vec![svc]));
-    let checks = || r.stats.servers[0][0].checks.load(Ordering::Relaxed);
+    let checks = || r.stats.current().servers[0][0].checks.load(Ordering::Relaxed);
     wait_for(Duration::from_secs(10), "20 probes", || checks() >= 20);
-    assert!(r.stats.servers[0][0].up.load(Ordering::Relaxed), "the server passed its probes");
+    assert!(r.stats.current().servers[0][0].up.load(Ordering::Relaxed), "the server passed its probes");
     let lingering = time_wait_towards(server.port());
     assert_eq!(lingering, 0, "{lingering} probe connection(s) left in TIME_WAIT after {} probes", checks());
     stop(r);

@@ -2,16 +2,14 @@
 //! response, over a context that can read counters and steer the workers.
 
 use super::{json, page, prometheus};
-use crate::config::Config;
 use crate::runtime::Control;
-use crate::shared::{AdminState, HealthMsg, ServerId, Stats, WorkerMsg};
+use crate::shared::{AdminState, HealthMsg, Stats, WorkerMsg};
 use crate::snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Everything the routes need.
 pub struct Context {
-    pub config: Arc<Config>,
     pub stats: Arc<Stats>,
     pub listening: Vec<(String, SocketAddr)>,
     pub control: Control,
@@ -97,11 +95,11 @@ pub fn route(ctx: &Context, req: &Request<'_>) -> Response {
     match req.path {
         "/metrics" | "/status" | "/" | "/healthz" if !read => method_not_allowed("GET, HEAD"),
         "/metrics" => {
-            let snap = snapshot::take(&ctx.config, &ctx.stats, &ctx.listening);
+            let snap = snapshot::take(&ctx.stats, &ctx.listening);
             let body = prometheus::render(&snap, prometheus::ProcessFacts::read());
             Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        "/status" => Response::json(200, json::status(&snapshot::take(&ctx.config, &ctx.stats, &ctx.listening))),
+        "/status" => Response::json(200, json::status(&snapshot::take(&ctx.stats, &ctx.listening))),
         "/" => Response::new(200, "text/html; charset=utf-8", page::HTML),
         "/healthz" => healthz(ctx),
         "/reload" if req.method != "POST" => method_not_allowed("POST"),
@@ -131,7 +129,7 @@ fn method_not_allowed(allow: &str) -> Response {
 }
 
 fn healthz(ctx: &Context) -> Response {
-    let snap = snapshot::take(&ctx.config, &ctx.stats, &ctx.listening);
+    let snap = snapshot::take(&ctx.stats, &ctx.listening);
     let empty: Vec<&str> =
         snap.services.iter().filter(|s| !s.servers.iter().any(|v| v.usable())).map(|s| s.name.as_str()).collect();
     if empty.is_empty() {
@@ -171,14 +169,14 @@ fn set_server_state(ctx: &Context, service: &str, server: &str, action: &str) ->
         "enable" => AdminState::Enabled,
         _ => return Response::text(404, format!("unknown action {action:?}; use drain, disable or enable")),
     };
-    let Some(si) = ctx.config.services.iter().position(|s| s.name == service) else {
+    let generation = ctx.stats.current();
+    if !generation.config.services.iter().any(|s| s.name == service) {
         return Response::text(404, format!("no service named {service:?}"));
-    };
-    let Some(vi) = ctx.config.services[si].servers.iter().position(|s| s.name == server) else {
+    }
+    let Some(shared) = generation.server_named(service, server) else {
         return Response::text(404, format!("service {service} has no server named {server:?}"));
     };
-    let id = ServerId { service: si, server: vi };
-    let shared = ctx.stats.server(id);
+    let id = shared.id;
     let before = shared.admin();
     shared.set_admin(state);
     ctx.control.to_workers(WorkerMsg::Admin { id, state });

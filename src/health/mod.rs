@@ -10,8 +10,8 @@ pub mod probe;
 
 pub use hysteresis::Hysteresis;
 
-use crate::config::{CheckKind, Config};
-use crate::shared::{AdminState, CheckOutcome, HealthMsg, ServerId, Stats, WorkerMsg};
+use crate::config::{Check, CheckKind};
+use crate::shared::{AdminState, CheckOutcome, Generation, HealthMsg, ServerId, ServerRuntime, WorkerMsg};
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -57,7 +57,9 @@ impl HealthLink {
 
 /// One server as the health thread tracks it.
 struct Target {
-    id: ServerId,
+    server: Arc<ServerRuntime>,
+    /// Its service's check (kind, timings, port).
+    check: Check,
     /// Where probes go (the server's address, or its host with the check's `port`).
     addr: SocketAddr,
     label: String,
@@ -68,8 +70,6 @@ struct Target {
 }
 
 pub struct HealthThread {
-    config: Arc<Config>,
-    stats: Arc<Stats>,
     workers: Vec<WorkerLink>,
     rx: Receiver<HealthMsg>,
     poll: Poll,
@@ -77,28 +77,12 @@ pub struct HealthThread {
 }
 
 /// Creates the health thread's poll and link; `run` it on its own thread once the workers exist.
-pub fn prepare(config: Arc<Config>, stats: Arc<Stats>) -> io::Result<(HealthThread, HealthLink)> {
+pub fn prepare(generation: &Generation) -> io::Result<(HealthThread, HealthLink)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let now = Instant::now();
-    let mut targets = Vec::new();
-    for (si, svc) in config.services.iter().enumerate() {
-        for (vi, srv) in svc.servers.iter().enumerate() {
-            let id = ServerId { service: si, server: vi };
-            let addr = SocketAddr::new(srv.addr.ip(), svc.check.port.unwrap_or(srv.addr.port()));
-            targets.push(Target {
-                id,
-                addr,
-                label: format!("{}/{}", svc.name, srv.name),
-                health: Hysteresis::default(),
-                admin: stats.server(id).admin(),
-                next_due: now,
-                probe: None,
-            });
-        }
-    }
-    let thread = HealthThread { config, stats, workers: Vec::new(), rx, poll, targets };
+    let mut thread = HealthThread { workers: Vec::new(), rx, poll, targets: Vec::new() };
+    thread.track(generation, Instant::now());
     Ok((thread, HealthLink { tx, waker }))
 }
 
@@ -138,28 +122,55 @@ impl HealthThread {
         }
     }
 
+    /// Tracks the servers of `generation`: a server it keeps goes on with its health state and
+    /// probe cadence; a new one starts up, as at start-up, and is probed at once.
+    fn track(&mut self, generation: &Generation, now: Instant) {
+        let old = std::mem::take(&mut self.targets);
+        for (si, server) in generation.all_servers() {
+            let svc = &generation.config.services[si];
+            let addr = SocketAddr::new(server.addr.ip(), svc.check.port.unwrap_or(server.addr.port()));
+            let kept = old.iter().find(|t| t.server.id == server.id);
+            self.targets.push(Target {
+                server: Arc::clone(server),
+                check: svc.check.clone(),
+                addr,
+                label: format!("{}/{}", svc.name, server.name),
+                health: kept.map_or_else(Hysteresis::default, |t| t.health.clone()),
+                admin: server.admin(),
+                next_due: kept.map_or(now, |t| t.next_due),
+                probe: None,
+            });
+        }
+        // Probes in flight to removed or kept servers are dropped; a kept one is due again.
+        for mut t in old {
+            if let Some(mut p) = t.probe.take() {
+                let _ = self.poll.registry().deregister(&mut p.stream);
+                if let Some(kept) = self.targets.iter_mut().find(|k| k.server.id == t.server.id) {
+                    kept.next_due = now;
+                }
+            }
+        }
+    }
+
     fn index(&self, id: ServerId) -> Option<usize> {
-        self.targets.iter().position(|t| t.id == id)
+        self.targets.iter().position(|t| t.server.id == id)
     }
 
     /// Probes run while a check is configured, or, without one, only to bring back a server
     /// that passive checks took down. Disabled servers are never probed.
-    fn wants_probe(&self, t: &Target) -> bool {
-        let kind = &self.config.services[t.id.service].check.kind;
-        t.admin != AdminState::Disabled && (*kind != CheckKind::None || !t.health.is_up())
+    fn wants_probe(t: &Target) -> bool {
+        t.admin != AdminState::Disabled && (t.check.kind != CheckKind::None || !t.health.is_up())
     }
 
     fn start_due_probes(&mut self, now: Instant) {
         for i in 0..self.targets.len() {
             let t = &self.targets[i];
-            if t.probe.is_some() || now < t.next_due || !self.wants_probe(t) {
+            if t.probe.is_some() || now < t.next_due || !Self::wants_probe(t) {
                 continue;
             }
-            let check = &self.config.services[t.id.service].check;
-            let kind = check.kind.clone();
-            let deadline = now + check.timeout;
-            let interval = check.interval;
-            match Probe::start(t.addr, &kind, now, deadline) {
+            let deadline = now + t.check.timeout;
+            let interval = t.check.interval;
+            match Probe::start(t.addr, &t.check.kind, now, deadline) {
                 Ok(mut p) => {
                     if let Err(e) =
                         self.poll.registry().register(&mut p.stream, Token(i), Interest::READABLE | Interest::WRITABLE)
@@ -181,7 +192,7 @@ impl HealthThread {
     fn expire_probes(&mut self, now: Instant) {
         for i in 0..self.targets.len() {
             if self.targets[i].probe.as_ref().is_some_and(|p| now >= p.deadline) {
-                let timeout = self.config.services[self.targets[i].id.service].check.timeout;
+                let timeout = self.targets[i].check.timeout;
                 self.finish_probe(i, Verdict::Fail(format!("timeout after {}ms", timeout.as_millis())));
             }
         }
@@ -192,7 +203,7 @@ impl HealthThread {
             .iter()
             .filter_map(|t| match &t.probe {
                 Some(p) => Some(p.deadline),
-                None if self.wants_probe(t) => Some(t.next_due),
+                None if Self::wants_probe(t) => Some(t.next_due),
                 None => None,
             })
             .min()
@@ -203,8 +214,7 @@ impl HealthThread {
             return;
         };
         let Some(p) = t.probe.as_mut() else { return };
-        let kind = &self.config.services[t.id.service].check.kind;
-        if let Some(verdict) = p.advance(kind) {
+        if let Some(verdict) = p.advance(&t.check.kind) {
             self.finish_probe(i, verdict);
         }
     }
@@ -219,7 +229,7 @@ impl HealthThread {
         // thousands of source ports the traffic to that server also needs). HAProxy ends its
         // checks the same way. A server that already closed loses nothing either way.
         crate::net::set_linger_zero(&p.stream);
-        let interval = self.config.services[self.targets[i].id.service].check.interval;
+        let interval = self.targets[i].check.interval;
         // Keep the cadence: the next probe is due one interval after this one started.
         self.targets[i].next_due = p.started + interval;
         self.conclude(i, p.started, verdict);
@@ -234,7 +244,7 @@ impl HealthThread {
             Verdict::Fail(why) => (false, why.clone()),
         };
         debug!("health: {} probe {}: {detail} ({duration_us}us)", t.label, if ok { "passed" } else { "failed" });
-        let shared = self.stats.server(t.id);
+        let shared = &t.server;
         shared.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut last) = shared.last_check.lock() {
             *last = CheckOutcome { ok: Some(ok), detail: detail.clone(), duration_us };
@@ -251,9 +261,8 @@ impl HealthThread {
     }
 
     fn record(&mut self, i: usize, ok: bool, reason: &str) {
-        let check = &self.config.services[self.targets[i].id.service].check;
-        let (rise, fall, interval) = (check.rise, check.fall, check.interval);
         let t = &mut self.targets[i];
+        let (rise, fall, interval) = (t.check.rise, t.check.fall, t.check.interval);
         let was_up = t.health.is_up();
         let Some(up) = t.health.record(ok, rise, fall) else {
             return;
@@ -262,13 +271,13 @@ impl HealthThread {
             // Without a configured check, probing starts now to bring the server back.
             t.next_due = t.next_due.min(Instant::now() + interval);
         }
-        let (id, label) = (t.id, t.label.clone());
+        let (id, label) = (t.server.id, t.label.clone());
         if up {
             warn!("server {label} is UP ({reason}; {rise} consecutive success(es))");
         } else {
             warn!("server {label} is DOWN ({reason})");
         }
-        self.stats.server(id).up.store(up, std::sync::atomic::Ordering::Relaxed);
+        t.server.up.store(up, std::sync::atomic::Ordering::Relaxed);
         for w in &self.workers {
             w.send(WorkerMsg::Health { id, up });
         }

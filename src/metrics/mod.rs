@@ -2,8 +2,9 @@
 //!
 //! Each worker is the only writer of its own [`WorkerCounters`] (a relaxed load and store, no
 //! locked instruction, no cache line shared with another worker); the admin thread reads every
-//! worker's set and sums them, so totals are exact. Gauges that several workers must agree on
-//! (active connections, used by caps and leastconn) live in `shared.rs` instead.
+//! worker's set and sums them, so totals are exact. The sets live in the runtime object of
+//! their service or server (`shared.rs`), one per worker; gauges that several workers must
+//! agree on (active connections, used by caps and leastconn) live there too.
 
 pub mod names;
 
@@ -99,7 +100,7 @@ impl HistogramSnapshot {
     }
 }
 
-/// Per server, per worker.
+/// Per server, per worker (see `shared::ServerRuntime`).
 #[derive(Debug)]
 pub struct ServerCounters {
     /// Connections established to the server.
@@ -124,7 +125,7 @@ impl Default for ServerCounters {
     }
 }
 
-/// Per service, per worker.
+/// Per service, per worker (see `shared::ServiceRuntime`).
 #[derive(Debug)]
 pub struct ServiceCounters {
     pub accepted: Counter,
@@ -150,34 +151,15 @@ impl Default for ServiceCounters {
     }
 }
 
-/// Everything one worker counts.
-#[derive(Debug)]
+/// A worker's own gauges (it is their only writer; set once per loop turn).
+#[derive(Debug, Default)]
 pub struct WorkerCounters {
-    /// Sessions in the worker's table now (set once per loop turn).
+    /// Sessions in the worker's table now.
     pub sessions: Gauge,
     /// Deadlines in the worker's timer heap now: at most one per live session.
     pub timers: Gauge,
     /// Pipes the worker holds now, lent to flows and idle in its pool (two descriptors each).
     pub pipes: Gauge,
-    pub services: Vec<ServiceCounters>,
-    /// `servers[service][server]`.
-    pub servers: Vec<Vec<ServerCounters>>,
-}
-
-impl WorkerCounters {
-    pub fn new(config: &crate::config::Config) -> WorkerCounters {
-        WorkerCounters {
-            sessions: Gauge::default(),
-            timers: Gauge::default(),
-            pipes: Gauge::default(),
-            services: config.services.iter().map(|_| ServiceCounters::default()).collect(),
-            servers: config
-                .services
-                .iter()
-                .map(|s| s.servers.iter().map(|_| ServerCounters::default()).collect())
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]

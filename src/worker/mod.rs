@@ -6,26 +6,31 @@
 //! One turn of the loop: poll; handle every event of the batch (sessions are only marked
 //! closed); free the slots closed so far; handle messages, accept on ready listeners, fire due
 //! timers; free again. A slot is never reused while an event of the batch could still name it.
+//!
+//! Accepting lives in `accept.rs`, connecting and retrying in `connect.rs`, the worker's view of
+//! each service's servers in `pool.rs`; the loop, streaming, timers and closing here.
 
-use crate::balance::{Balancer, Candidate};
-use crate::config::{Config, ListenAddr};
+mod accept;
+mod connect;
+mod pool;
+
+use crate::config::ListenAddr;
 use crate::health::HealthLink;
 use crate::logs::{self, Cause};
 use crate::metrics::WorkerCounters;
-use crate::net;
 use crate::relay::Pools;
 use crate::session::{Phase, Session, Step};
-use crate::shared::{AdminState, HealthMsg, ServerId, ServerStats, Stats, WorkerMsg};
+use crate::shared::{Generation, ServerId, Stats, WorkerMsg};
 use crate::timer::Timers;
 use crate::token::{self, Kind, Side};
 use crossbeam_channel::Receiver;
 use log::{debug, info};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
+use pool::{ServerView, ServicePool};
 use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,48 +42,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const CAP_RECHECK: Duration = Duration::from_millis(20);
 
 struct Listener {
-    service: usize,
+    /// Its service's position in `pools` (and in the generation's services).
+    pool: usize,
     socket: TcpListener,
     /// Pending connections may be waiting (edge-triggered: set by an event, cleared only by
     /// WouldBlock).
     ready: bool,
     /// Held back by a full connection cap since then (each pause is counted once).
     full_since: Option<Instant>,
-}
-
-/// A server as this worker sees it.
-struct ServerView {
-    addr: SocketAddr,
-    weight: u32,
-    backup: bool,
-    maxconn: Option<u32>,
-    /// Last verdict received from the health thread.
-    up: bool,
-    admin: AdminState,
-    stats: Arc<ServerStats>,
-}
-
-impl Candidate for ServerView {
-    fn weight(&self) -> u32 {
-        self.weight
-    }
-    fn backup(&self) -> bool {
-        self.backup
-    }
-    fn available(&self) -> bool {
-        self.up && self.admin == AdminState::Enabled
-    }
-    fn has_room(&self) -> bool {
-        self.maxconn.is_none_or(|m| self.stats.active.load(Relaxed) < u64::from(m))
-    }
-    fn active(&self) -> u64 {
-        self.stats.active.load(Relaxed)
-    }
-}
-
-struct ServicePool {
-    balancer: Balancer,
-    servers: Vec<ServerView>,
 }
 
 /// A failure a test asks for through `SHUNT_TEST_FAULT` (read once at start; never set in
@@ -109,23 +80,27 @@ pub struct WorkerSetup {
     pub index: usize,
     pub poll: Poll,
     pub rx: Receiver<WorkerMsg>,
-    /// (service index, bound listener).
+    /// (service index in `generation`, bound listener).
     pub listeners: Vec<(usize, std::net::TcpListener)>,
+    pub generation: Arc<Generation>,
     /// Pipes the worker may hold at once (its share of the descriptor budget).
     pub pipe_budget: usize,
 }
 
 pub struct Worker {
+    /// This worker's position: its counter set in every runtime object is `counters[index]`.
     index: usize,
     poll: Poll,
-    config: Arc<Config>,
+    /// The generation new sessions are made from (sessions keep what they started with).
+    generation: Arc<Generation>,
     stats: Arc<Stats>,
-    /// This worker's own counters (it is their only writer).
+    /// This worker's own gauges (it is their only writer).
     counters: Arc<WorkerCounters>,
     rx: Receiver<WorkerMsg>,
     health: HealthLink,
     listeners: Vec<Listener>,
-    pools_by_service: Vec<ServicePool>,
+    /// `pools[i]` serves the generation's service `i`.
+    pools: Vec<ServicePool>,
     sessions: Slab<Session>,
     timers: Timers,
     relay: Pools,
@@ -146,48 +121,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(setup: WorkerSetup, config: Arc<Config>, stats: Arc<Stats>, health: HealthLink) -> io::Result<Worker> {
+    pub fn new(setup: WorkerSetup, stats: Arc<Stats>, health: HealthLink) -> io::Result<Worker> {
         let mut listeners = Vec::new();
-        for (i, (service, l)) in setup.listeners.into_iter().enumerate() {
+        for (i, (pool, l)) in setup.listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(l);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
-            listeners.push(Listener { service, socket, ready: true, full_since: None });
+            listeners.push(Listener { pool, socket, ready: true, full_since: None });
         }
-        let pools_by_service = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(si, svc)| ServicePool {
-                balancer: Balancer::new(svc.balance, svc.servers.len()),
-                servers: svc
-                    .servers
-                    .iter()
-                    .enumerate()
-                    .map(|(vi, srv)| {
-                        let stats = Arc::clone(stats.server(ServerId { service: si, server: vi }));
-                        ServerView {
-                            addr: srv.addr,
-                            weight: srv.weight,
-                            backup: srv.backup,
-                            maxconn: srv.maxconn,
-                            up: stats.up.load(Relaxed),
-                            admin: stats.admin(),
-                            stats,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
         Ok(Worker {
             index: setup.index,
             poll: setup.poll,
             counters: Arc::clone(&stats.workers[setup.index]),
-            config,
+            pools: ServicePool::all(&setup.generation),
+            generation: setup.generation,
             stats,
             rx: setup.rx,
             health,
             listeners,
-            pools_by_service,
             sessions: Slab::with_capacity(1024),
             timers: Timers::default(),
             relay: Pools::new(setup.pipe_budget),
@@ -302,7 +252,7 @@ impl Worker {
     }
 
     fn server_mut(&mut self, id: ServerId) -> Option<&mut ServerView> {
-        self.pools_by_service.get_mut(id.service)?.servers.get_mut(id.server)
+        self.pools.iter_mut().flat_map(|p| p.servers.iter_mut()).find(|v| v.rt.id == id)
     }
 
     /// Stops accepting at once: closing the listeners (rather than just ignoring them) lets
@@ -330,246 +280,6 @@ impl Worker {
         }
         self.closed.clear();
         self.sessions.clear();
-    }
-
-    // ---- accepting ----
-
-    fn accept_ready(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| now < t) {
-            return;
-        }
-        self.accept_paused_until = None;
-        self.cap_blocked = false;
-        for i in 0..self.listeners.len() {
-            for _ in 0..ACCEPT_BATCH {
-                if !self.listeners[i].ready {
-                    break;
-                }
-                let service = self.listeners[i].service;
-                let admitted = self.stats.try_admit(service, self.config.services[service].max_conns);
-                if admitted {
-                    self.listeners[i].full_since = None;
-                } else {
-                    // Clients wait in the kernel backlog for room, but not for ever: once no room
-                    // has freed for `timeout queue`, they are refused, so they can go elsewhere.
-                    // (The kernel does not say how long each one waited; the cap's state does.)
-                    let since = match self.listeners[i].full_since {
-                        Some(t) => t,
-                        None => {
-                            self.counters.services[service].limit_pauses.add(1);
-                            *self.listeners[i].full_since.insert(now)
-                        }
-                    };
-                    if now.saturating_duration_since(since) < self.config.services[service].queue_timeout {
-                        self.cap_blocked = true;
-                        break;
-                    }
-                }
-                let accepted = self.listeners[i].socket.accept();
-                if admitted && accepted.is_err() {
-                    self.stats.release_admission(service);
-                }
-                match accepted {
-                    Ok((stream, addr)) if !admitted => self.refuse_at_cap(service, stream, addr),
-                    Ok((stream, addr)) => {
-                        self.start_session(service, stream, addr, now);
-                        // Out of descriptors for its server connect: the rest of the batch
-                        // would only be accepted to be reset.
-                        if self.accept_paused_until.is_some() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
-                    Err(e) if net::is_resource_exhaustion(&e) => {
-                        logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
-                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                        return;
-                    }
-                    // ECONNABORTED and friends concern one connection that already went away.
-                    Err(e) => debug!("accept: {e}"),
-                }
-            }
-        }
-    }
-
-    /// A client past a cap that has been full for `timeout queue`: a reset tells it at once
-    /// (no TIME_WAIT here), where a backlog overflow would only drop its SYNs.
-    fn refuse_at_cap(&mut self, service: usize, stream: TcpStream, addr: SocketAddr) {
-        self.counters.services[service].refused_limit.add(1);
-        net::set_linger_zero(&stream);
-        drop(stream);
-        let svc = &self.config.services[service];
-        debug!("{}: refused {} (connection cap full)", svc.name, net::canonical_addr(addr));
-        logs::limited_warn(
-            "refuse_at_cap",
-            format_args!(
-                "{}: connection cap full for longer than timeout queue ({:?}): refusing new clients",
-                svc.name, svc.queue_timeout
-            ),
-        );
-    }
-
-    /// A client accepted under a connection slot `try_admit` took (the session gives it back
-    /// when it closes).
-    fn start_session(&mut self, service: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
-        self.counters.services[service].accepted.add(1);
-        // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
-        let id = self.next_id;
-        self.next_id += 1;
-        match self.fault {
-            Some(Fault::Panic(n)) if self.next_id == n => panic!("SHUNT_TEST_FAULT: panic at accept {n}"),
-            Some(Fault::Error(n)) if self.next_id == n => {
-                self.failure = Some(io::Error::other(format!("SHUNT_TEST_FAULT: error at accept {n}")));
-            }
-            _ => {}
-        }
-        let svc = &self.config.services[service];
-        let entry = self.sessions.vacant_entry();
-        let slot = entry.key();
-        let client_addr = net::canonical_addr(addr);
-        let session = entry.insert(Session::new(id, service, stream, client_addr, svc.splice, svc.timeouts, now));
-        if let Err(e) = self.poll.registry().register(
-            &mut session.client,
-            token::session(slot, Side::Client),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            logs::limited_warn("register", format_args!("register client: {e}"));
-            self.close(slot, Cause::Resource, now);
-            return;
-        }
-        self.connect_next(slot, now);
-    }
-
-    // ---- connecting ----
-
-    /// Starts a connect to the next server the balancer offers, skipping servers this session
-    /// already failed on. Closes the session when none is left or retries are spent.
-    fn connect_next(&mut self, slot: usize, now: Instant) {
-        loop {
-            let session = &mut self.sessions[slot];
-            let service = session.service;
-            let pool = &mut self.pools_by_service[service];
-            let Some(pick) = pool.balancer.pick(&pool.servers, session.client_addr.ip(), &session.tried) else {
-                let cause = if session.tried.is_empty() {
-                    self.counters.services[service].refused_no_server.add(1);
-                    Cause::NoServer
-                } else {
-                    Cause::ServerAbort
-                };
-                self.close(slot, cause, now);
-                return;
-            };
-            let server = &pool.servers[pick];
-            if !server.stats.try_acquire(server.maxconn) {
-                // Another worker filled it since the pick: try someone else.
-                session.tried.push(pick);
-                continue;
-            }
-            match TcpStream::connect(server.addr) {
-                Ok(mut stream) => {
-                    let registered = self.poll.registry().register(
-                        &mut stream,
-                        token::session(slot, Side::Backend),
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
-                    let session = &mut self.sessions[slot];
-                    session.connecting(stream, pick, now);
-                    if let Err(e) = registered {
-                        logs::limited_warn("register", format_args!("register backend: {e}"));
-                        self.close(slot, Cause::Resource, now);
-                        return;
-                    }
-                    self.arm_timer(slot);
-                    return;
-                }
-                Err(e) if net::is_resource_exhaustion(&e) => {
-                    server.stats.release();
-                    logs::limited_warn("connect", format_args!("socket for a server connect: {e}; pausing accepts"));
-                    self.close(slot, Cause::Resource, now);
-                    // Accepting more now would only accept-and-reset the backlog: wait for
-                    // descriptors to come back.
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => {
-                    server.stats.release();
-                    if !self.note_connect_failure(slot, pick, &e.to_string()) {
-                        self.close(slot, Cause::ServerAbort, now);
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Counts a failed connect, reports it to the health thread (passive check) and records
-    /// the server as tried. True while the session may retry.
-    fn note_connect_failure(&mut self, slot: usize, server: usize, reason: &str) -> bool {
-        let session = &mut self.sessions[slot];
-        let service = session.service;
-        session.tried.push(server);
-        let retries = self.config.services[service].retries as usize;
-        let view = &self.pools_by_service[service].servers[server];
-        self.counters.servers[service][server].failed_connects.add(1);
-        let name = &self.config.services[service].servers[server].name;
-        logs::limited_warn(
-            "connect-failed",
-            format_args!("connect to {}/{} ({}) failed: {reason}", self.config.services[service].name, name, view.addr),
-        );
-        self.health.send(HealthMsg::ConnectFailed { id: ServerId { service, server }, reason: reason.to_string() });
-        session.tried.len() <= retries
-    }
-
-    /// The in-flight connect failed or timed out: drop that socket and try the next server.
-    fn connect_failed(&mut self, slot: usize, reason: &str, timed_out: bool, now: Instant) {
-        let session = &mut self.sessions[slot];
-        if let Some(mut backend) = session.backend.take() {
-            let _ = self.poll.registry().deregister(&mut backend);
-        }
-        let Some(server) = session.server.take() else {
-            return;
-        };
-        self.pools_by_service[session.service].servers[server].stats.release();
-        if self.note_connect_failure(slot, server, reason) {
-            self.connect_next(slot, now);
-        } else {
-            self.close(slot, if timed_out { Cause::ConnectTimeout } else { Cause::ServerAbort }, now);
-        }
-    }
-
-    /// A backend event while connecting: did the connect complete? (mio: writable, then
-    /// `take_error`, then `peer_addr`; `NotConnected` means not yet.)
-    fn check_connect(&mut self, slot: usize, now: Instant) {
-        let session = &mut self.sessions[slot];
-        let Some(stream) = session.backend.as_ref() else {
-            return;
-        };
-        // The happy path costs one call: a connected socket has a peer. `NotConnected` means
-        // still connecting or failed, which `take_error` tells apart.
-        let outcome = match stream.peer_addr() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => match stream.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => return,
-            },
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Err(e) => self.connect_failed(slot, &e.to_string(), false, now),
-            Ok(()) => {
-                let _ = stream.set_nodelay(true);
-                session.connected(now);
-                let server = session.server.expect("invariant: connecting sessions have a server");
-                let counters = &self.counters.servers[session.service][server];
-                counters.connects.add(1);
-                if let Some(t) = session.connect_time {
-                    counters.connect_time.observe(t);
-                }
-                // The idle deadline may come before the connect deadline still armed.
-                self.arm_timer(slot);
-                self.pump(slot, now);
-            }
-        }
     }
 
     // ---- streaming ----
@@ -601,8 +311,8 @@ impl Worker {
     fn pump(&mut self, slot: usize, now: Instant) {
         let session = &mut self.sessions[slot];
         let (step, up, down) = session.pump(now, &mut self.relay);
-        if let Some(server) = session.server {
-            let counters = &self.counters.servers[session.service][server];
+        if let Some(server) = &session.server {
+            let counters = &server.counters[self.index].0;
             if up > 0 {
                 counters.bytes_up.add(up as u64);
             }
@@ -661,7 +371,7 @@ impl Worker {
             }
             match session.phase {
                 Phase::Connecting { .. } => {
-                    let reason = format!("no answer within {}ms", session.timeouts.connect.as_millis());
+                    let reason = format!("no answer within {}ms", session.settings.timeouts.connect.as_millis());
                     self.connect_failed(slot, &reason, true, now);
                 }
                 Phase::Streaming => self.close(slot, Cause::IdleTimeout, now),
@@ -686,18 +396,16 @@ impl Worker {
         // connection.
         session.close(cause, &mut self.relay);
         self.timers.cancel(slot);
-        let service = session.service;
-        let svc = &self.config.services[service];
-        let server_name = match session.server {
-            Some(i) => {
-                self.pools_by_service[service].servers[i].stats.release();
-                svc.servers[i].name.as_str()
+        let server_name = match &session.server {
+            Some(server) => {
+                server.release();
+                server.name.as_str()
             }
             None => "-",
         };
-        self.stats.release_admission(service);
+        self.stats.release_admission(&session.service);
         let duration = now.saturating_duration_since(session.started);
-        self.counters.services[service].session_duration.observe(duration);
+        session.service.counters[self.index].0.session_duration.observe(duration);
         let phase = match session.phase {
             Phase::Connecting { .. } => logs::Phase::Connect,
             Phase::Streaming | Phase::Aborting { .. } => logs::Phase::Data,
@@ -706,7 +414,7 @@ impl Worker {
         info!(
             "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}",
             session.client_addr,
-            svc.name,
+            session.service.name,
             server_name,
             session.up.delivered,
             session.down.delivered,

@@ -1,0 +1,125 @@
+//! Accepting: batches per listener, admission under the connection caps (one atomic step each),
+//! the `timeout queue` refusal at a cap that stays full, and the start of a session.
+
+use super::{Fault, Worker, ACCEPT_BACKOFF, ACCEPT_BATCH};
+use crate::logs;
+use crate::net;
+use crate::session::{Session, Settings};
+use crate::token::{self, Side};
+use log::debug;
+use mio::net::TcpStream;
+use mio::Interest;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Worker {
+    pub(super) fn accept_ready(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        self.cap_blocked = false;
+        for i in 0..self.listeners.len() {
+            for _ in 0..ACCEPT_BATCH {
+                if !self.listeners[i].ready {
+                    break;
+                }
+                let pool = self.listeners[i].pool;
+                let rt = Arc::clone(&self.pools[pool].rt);
+                let svc = &self.generation.config.services[pool];
+                let admitted = self.stats.try_admit(&rt, svc.max_conns);
+                if admitted {
+                    self.listeners[i].full_since = None;
+                } else {
+                    // Clients wait in the kernel backlog for room, but not for ever: once no room
+                    // has freed for `timeout queue`, they are refused, so they can go elsewhere.
+                    // (The kernel does not say how long each one waited; the cap's state does.)
+                    let since = match self.listeners[i].full_since {
+                        Some(t) => t,
+                        None => {
+                            rt.counters[self.index].0.limit_pauses.add(1);
+                            *self.listeners[i].full_since.insert(now)
+                        }
+                    };
+                    if now.saturating_duration_since(since) < svc.queue_timeout {
+                        self.cap_blocked = true;
+                        break;
+                    }
+                }
+                let accepted = self.listeners[i].socket.accept();
+                if admitted && accepted.is_err() {
+                    self.stats.release_admission(&rt);
+                }
+                match accepted {
+                    Ok((stream, addr)) if !admitted => self.refuse_at_cap(pool, stream, addr),
+                    Ok((stream, addr)) => {
+                        self.start_session(pool, stream, addr, now);
+                        // Out of descriptors for its server connect: the rest of the batch
+                        // would only be accepted to be reset.
+                        if self.accept_paused_until.is_some() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
+                    Err(e) if net::is_resource_exhaustion(&e) => {
+                        logs::limited_warn("accept", format_args!("accept: {e}; pausing accepts"));
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                        return;
+                    }
+                    // ECONNABORTED and friends concern one connection that already went away.
+                    Err(e) => debug!("accept: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A client past a cap that has been full for `timeout queue`: a reset tells it at once
+    /// (no TIME_WAIT here), where a backlog overflow would only drop its SYNs.
+    fn refuse_at_cap(&mut self, pool: usize, stream: TcpStream, addr: SocketAddr) {
+        self.pools[pool].rt.counters[self.index].0.refused_limit.add(1);
+        net::set_linger_zero(&stream);
+        drop(stream);
+        let svc = &self.generation.config.services[pool];
+        debug!("{}: refused {} (connection cap full)", svc.name, net::canonical_addr(addr));
+        logs::limited_warn(
+            "refuse_at_cap",
+            format_args!(
+                "{}: connection cap full for longer than timeout queue ({:?}): refusing new clients",
+                svc.name, svc.queue_timeout
+            ),
+        );
+    }
+
+    /// A client accepted under a connection slot `try_admit` took (the session gives it back
+    /// when it closes).
+    fn start_session(&mut self, pool: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
+        let rt = Arc::clone(&self.pools[pool].rt);
+        rt.counters[self.index].0.accepted.add(1);
+        // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.fault {
+            Some(Fault::Panic(n)) if self.next_id == n => panic!("SHUNT_TEST_FAULT: panic at accept {n}"),
+            Some(Fault::Error(n)) if self.next_id == n => {
+                self.failure = Some(io::Error::other(format!("SHUNT_TEST_FAULT: error at accept {n}")));
+            }
+            _ => {}
+        }
+        let settings = Settings::of(&self.generation.config.services[pool]);
+        let entry = self.sessions.vacant_entry();
+        let slot = entry.key();
+        let session = entry.insert(Session::new(id, rt, stream, net::canonical_addr(addr), settings, now));
+        if let Err(e) = self.poll.registry().register(
+            &mut session.client,
+            token::session(slot, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            logs::limited_warn("register", format_args!("register client: {e}"));
+            self.close(slot, logs::Cause::Resource, now);
+            return;
+        }
+        self.connect_next(slot, now);
+    }
+}
