@@ -8,21 +8,26 @@
 
 pub mod admin;
 mod balance;
+pub mod bind;
 pub mod config;
 pub mod health;
 mod logs;
 pub mod logsink;
 pub mod metrics;
 mod net;
+pub mod plan;
 mod relay;
 pub mod runtime;
 mod session;
 pub mod shared;
 pub mod snapshot;
+pub mod supervisor;
 mod sys;
 mod timer;
 mod token;
 mod worker;
 
-pub use runtime::{start, Control, Running, StartError};
+pub use bind::StartError;
+pub use runtime::{start, Running};
+pub use supervisor::Supervisor;
 pub use sys::raise_fd_limit;

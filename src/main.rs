@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: shunt [-c FILE]          run; FILE defaults to /etc/shunt/shunt.conf
        shunt --check -c FILE    validate FILE and print a summary per service
+       shunt --plan -c FILE     what reloading FILE would change in the shunt running with
+                                FILE's admin address (changes nothing)
        shunt --version | --help
 
-signals: SIGHUP reload (not supported yet), SIGTERM/SIGINT drain and exit";
+signals: SIGHUP reloads FILE in place, SIGTERM/SIGINT drain and exit";
 
 /// The log target of the start-up lines that say where shunt listens.
 const STARTUP: &str = "shunt::startup";
@@ -24,6 +26,7 @@ const STARTUP: &str = "shunt::startup";
 enum Mode {
     Run,
     Check,
+    Plan,
 }
 
 struct Args {
@@ -39,6 +42,7 @@ fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Result<Opti
                 args.conf = argv.next().ok_or("-c needs a FILE argument")?.into();
             }
             Some("--check") => args.mode = Mode::Check,
+            Some("--plan") => args.mode = Mode::Plan,
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -81,6 +85,31 @@ fn init_logging(level: log::LevelFilter) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `--plan`: the running shunt's configuration (`GET /config`) and live counts (`GET
+/// /metrics`) against FILE, printed one change per line.
+fn plan(path: &std::path::Path, new: &Config) -> ExitCode {
+    let Some(admin) = new.admin else {
+        eprintln!("shunt: {} has no admin address: --plan asks the running shunt through it", path.display());
+        return ExitCode::from(1);
+    };
+    let running = shunt::plan::fetch(admin, "/config").and_then(|text| {
+        config::parse_bytes(text.as_bytes(), std::path::Path::new("running configuration"))
+            .map_err(|errors| format!("the running configuration does not parse: {}", errors[0]))
+    });
+    let live = shunt::plan::fetch(admin, "/metrics").map(|m| shunt::plan::Scraped::parse(&m));
+    match (running, live) {
+        (Ok(old), Ok(live)) => {
+            let plan = shunt::plan::diff(&old, new, &live);
+            print!("{}", plan.to_text());
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("shunt: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// How long the log sink gets to write what is queued before the process exits.
 const LOG_FLUSH: Duration = Duration::from_secs(1);
 
@@ -110,12 +139,16 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Mode::Check = args.mode {
-        for line in config.summary() {
-            println!("{line}");
+    match args.mode {
+        Mode::Check => {
+            for line in config.summary() {
+                println!("{line}");
+            }
+            println!("{}: configuration ok", args.conf.display());
+            return ExitCode::SUCCESS;
         }
-        println!("{}: configuration ok", args.conf.display());
-        return ExitCode::SUCCESS;
+        Mode::Plan => return plan(&args.conf, &config),
+        Mode::Run => {}
     }
     if let Err(e) = init_logging(config.log_level) {
         eprintln!("shunt: cannot start the log writer thread: {e}");
@@ -132,7 +165,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let drain_timeout = config.drain_timeout;
     let running = match shunt::start(config) {
         Ok(r) => r,
         Err(e) => {
@@ -146,14 +178,17 @@ fn main() -> ExitCode {
     if let Some(addr) = running.admin_addr {
         log::info!(target: STARTUP, "admin endpoint listening on {addr}");
     }
-    let control = running.control();
+    let supervisor = std::sync::Arc::clone(&running.supervisor);
     std::thread::Builder::new()
         .name("shunt-signals".into())
         .spawn(move || {
             let mut draining = false;
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => log::warn!("SIGHUP: reload is not supported yet; the running configuration stays"),
+                    // The outcome (taken, or every error) is logged by the supervisor.
+                    SIGHUP => {
+                        let _ = supervisor.reload();
+                    }
                     _ if draining => {
                         log::warn!("second stop signal: exiting now");
                         logsink::flush(LOG_FLUSH);
@@ -161,8 +196,9 @@ fn main() -> ExitCode {
                     }
                     _ => {
                         draining = true;
+                        let drain_timeout = supervisor.stats().current().config.drain_timeout;
                         log::info!("stop signal: draining for up to {}s", drain_timeout.as_secs());
-                        control.drain(Instant::now() + drain_timeout);
+                        supervisor.drain(Instant::now() + drain_timeout);
                     }
                 }
             }

@@ -1,75 +1,35 @@
 //! Starting and stopping a whole shunt: bind every listener (reporting which address failed
-//! and why), start the workers and the health thread, and wire their channels.
-//!
-//! The configuration travels as an `Arc<Config>`: a reload will build a new value, check it,
-//! and hand it over the same channels; nothing here assumes the value never changes.
+//! and why), start the workers, the health thread and the admin endpoint, and wire their
+//! channels. What changes a running shunt afterwards (reloads, drains, admin actions) goes
+//! through the [`Supervisor`] this builds.
 
+use crate::bind::{self, StartError};
 use crate::config::{Config, ListenAddr};
-use crate::health::{self, HealthLink, WorkerLink};
+use crate::health::{self, WorkerLink};
 use crate::net;
-use crate::shared::{HealthMsg, Stats, WorkerMsg};
-use crate::worker::{self, Worker, WorkerSetup};
+use crate::shared::{HealthMsg, Listening, Stats};
+use crate::supervisor::Supervisor;
+use crate::worker::{Worker, WorkerSetup};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
-
-/// Why start-up failed (exit code 2).
-#[derive(Debug)]
-pub enum StartError {
-    /// `owner` names who wanted the address: `service web`, `the admin endpoint`.
-    Bind {
-        owner: String,
-        addr: ListenAddr,
-        error: io::Error,
-    },
-    Io {
-        what: &'static str,
-        error: io::Error,
-    },
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::Bind { owner, addr, error } => {
-                write!(f, "{owner}: cannot listen on {addr}: {error}")?;
-                match error.kind() {
-                    io::ErrorKind::AddrInUse => {
-                        write!(f, " (another process holds this port; find it with `ss -ltnp`)")
-                    }
-                    io::ErrorKind::PermissionDenied => {
-                        write!(f, " (ports below 1024 need root or CAP_NET_BIND_SERVICE)")
-                    }
-                    io::ErrorKind::AddrNotAvailable => {
-                        write!(f, " (no local interface has this address)")
-                    }
-                    _ => Ok(()),
-                }
-            }
-            StartError::Io { what, error } => write!(f, "{what}: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// A running shunt.
 pub struct Running {
-    pub config: Arc<Config>,
     pub stats: Arc<Stats>,
-    /// Every listener as bound, port 0 resolved: (service name, address).
+    pub supervisor: Arc<Supervisor>,
+    /// Every listener as bound at start, port 0 resolved: (service name, address).
     pub listening: Vec<(String, SocketAddr)>,
     /// The admin endpoint's bound address (port 0 resolved), when `admin` is set.
     pub admin_addr: Option<SocketAddr>,
-    workers: Vec<WorkerLink>,
     /// Each worker thread sends its index and result here when it ends (a panic included).
     exits: Receiver<(usize, io::Result<()>)>,
-    health: HealthLink,
+    workers: usize,
+    health: health::HealthLink,
     health_thread: Option<JoinHandle<()>>,
     admin: Option<crate::admin::AdminHandle>,
 }
@@ -78,29 +38,27 @@ pub struct Running {
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let workers = config.workers.max(1);
-    let mut stats = Stats::new(Arc::clone(&config), workers);
     let budget = descriptor_budget(&config, workers);
-    stats.max_conns = budget.max_conns;
-    let stats = Arc::new(stats);
+    let mut stats = Stats::new(Arc::clone(&config), workers);
+    stats.descriptor_cap = budget.max_conns;
+    stats.max_conns.store(budget.max_conns.min(config.max_conns), Relaxed);
 
-    // Worker 0 binds first; port 0 is resolved then, and the others bind the same address
-    // (SO_REUSEPORT), so every worker gets its own accept queue on one port.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut generation = crate::shared::Generation::build(Arc::clone(&config), None, workers);
     let mut listening = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
-        for bind in &svc.binds {
-            let bind_err =
-                |addr: ListenAddr, error| StartError::Bind { owner: format!("service {}", svc.name), addr, error };
-            let first = net::bind_listener(&bind.addr, true).map_err(|e| bind_err(bind.addr, e))?;
-            let bound = first.local_addr().map_err(|e| bind_err(bind.addr, e))?;
-            let addr = worker::resolved(&bind.addr, bound);
-            listening.push((svc.name.clone(), bound));
-            per_worker[0].push((si, first));
-            for list in per_worker.iter_mut().skip(1) {
-                list.push((si, net::bind_listener(&addr, true).map_err(|e| bind_err(addr, e))?));
+        for b in &svc.binds {
+            let (addr, sockets) = bind::bind_for_workers(&svc.name, b.addr, workers)?;
+            listening.push((svc.name.clone(), addr));
+            generation.listening.push(Listening { service: si, conf: b.addr, addr });
+            for (list, socket) in per_worker.iter_mut().zip(sockets) {
+                list.push((si, socket));
             }
         }
     }
+    let generation = Arc::new(generation);
+    stats.publish(Arc::clone(&generation));
+    let stats = Arc::new(stats);
 
     // The admin listener and token are checked before any thread starts, so every start-up
     // failure leaves nothing running.
@@ -108,16 +66,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         match config.admin {
             None => None,
             Some(addr) => {
-                let token = config.admin_token.as_deref().map(read_token).transpose()?;
                 let listener = net::bind_listener(&ListenAddr::Addr(addr), false).map_err(|error| {
                     StartError::Bind { owner: "the admin endpoint".into(), addr: ListenAddr::Addr(addr), error }
                 })?;
-                Some((listener, token))
+                Some(listener)
             }
         };
+    let token = config.admin_token.as_deref().map(bind::read_token).transpose()?;
 
     let io_err = |what| move |error| StartError::Io { what, error };
-    let generation = stats.current();
     let (health_thread, health_link) = health::prepare(&generation).map_err(io_err("health poll"))?;
     let mut links = Vec::new();
     let (exit_tx, exits) = crossbeam_channel::unbounded();
@@ -144,25 +101,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         links.push(link);
     }
     let health_handle = health_thread.spawn(links.clone()).map_err(io_err("health thread"))?;
+    let supervisor = Arc::new(Supervisor::new(Arc::clone(&stats), links, health_link.clone(), token));
     let mut running = Running {
-        config: Arc::clone(&config),
         stats: Arc::clone(&stats),
+        supervisor: Arc::clone(&supervisor),
         listening,
         admin_addr: None,
-        workers: links.clone(),
         exits,
+        workers,
         health: health_link,
         health_thread: Some(health_handle),
         admin: None,
     };
-    if let Some((listener, token)) = admin {
+    if let Some(listener) = admin {
         running.admin_addr = listener.local_addr().ok();
-        let ctx = crate::admin::Context {
-            stats: Arc::clone(&stats),
-            listening: running.listening.clone(),
-            control: running.control(),
-            token,
-        };
+        let ctx = crate::admin::Context { supervisor };
         running.admin = Some(crate::admin::spawn(listener, ctx).map_err(io_err("admin thread"))?);
     }
     Ok(running)
@@ -189,17 +142,6 @@ impl Drop for ExitReport {
             let _ = self.tx.send((self.index, Err(io::Error::other("its thread panicked"))));
         }
     }
-}
-
-/// The admin token: the file's content without surrounding white space; never logged.
-fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    let what = "admin_token";
-    let raw = std::fs::read(path).map_err(|error| StartError::Io { what, error })?;
-    let token = raw.trim_ascii().to_vec();
-    if token.is_empty() {
-        return Err(StartError::Io { what, error: io::Error::other(format!("{} is empty", path.display())) });
-    }
-    Ok(token)
 }
 
 /// Descriptors for everything of fixed size that is not a proxied socket or a pipe: stdio, the
@@ -253,47 +195,17 @@ fn descriptor_budget(config: &Config, workers: usize) -> DescriptorBudget {
     DescriptorBudget { max_conns, pipes_per_worker }
 }
 
-/// The handles other threads (signals, admin) use to steer the workers.
-#[derive(Clone)]
-pub struct Control {
-    workers: Vec<WorkerLink>,
-    health: HealthLink,
-}
-
-impl Control {
-    /// Stop accepting now; live sessions get until `deadline`.
-    pub fn drain(&self, deadline: Instant) {
-        for w in &self.workers {
-            w.send(WorkerMsg::Drain { deadline });
-        }
-    }
-
-    pub fn to_workers(&self, msg: WorkerMsg) {
-        for w in &self.workers {
-            w.send(msg.clone());
-        }
-    }
-
-    pub fn to_health(&self, msg: HealthMsg) {
-        self.health.send(msg);
-    }
-}
-
 impl Running {
     /// Counters and states, summed over workers.
     pub fn snapshot(&self) -> crate::snapshot::Snapshot {
-        crate::snapshot::take(&self.stats, &self.listening)
-    }
-
-    pub fn control(&self) -> Control {
-        Control { workers: self.workers.clone(), health: self.health.clone() }
+        crate::snapshot::take(&self.stats)
     }
 
     /// Waits until every worker has finished (after a drain), then stops the health and admin
     /// threads. Returns at once with the error of the first worker that fails or panics: the
     /// caller ends the process (the others are not waited for).
     pub fn wait(mut self) -> io::Result<()> {
-        for _ in 0..self.workers.len() {
+        for _ in 0..self.workers {
             match self.exits.recv() {
                 Ok((_, Ok(()))) => {}
                 Ok((index, Err(e))) => return Err(io::Error::new(e.kind(), format!("worker {index} failed: {e}"))),

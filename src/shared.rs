@@ -11,10 +11,10 @@
 //! Nothing here is locked on the data path: counters are relaxed atomics with one writer each,
 //! and a worker learns about health and admin changes only through [`WorkerMsg`] on its channel.
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::metrics::{ServerCounters, ServiceCounters, WorkerCounters};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -72,6 +72,9 @@ pub struct ServerRuntime {
     pub id: ServerId,
     pub name: String,
     pub addr: SocketAddr,
+    /// The weight in force: the conf's, or what `POST /servers/S/V/weight/N` set until the next
+    /// reload (which sets the conf's again).
+    pub weight: AtomicU32,
     /// The health thread's verdict (the single writer).
     pub up: AtomicBool,
     admin: AtomicU8,
@@ -92,6 +95,7 @@ impl ServerRuntime {
             id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
             name: server.name.clone(),
             addr: server.addr,
+            weight: AtomicU32::new(server.weight),
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Enabled as u8),
             active: AtomicU64::new(0),
@@ -143,6 +147,17 @@ impl ServiceRuntime {
     }
 }
 
+/// One `bind` of a generation, as bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// Its service's position in the generation.
+    pub service: usize,
+    /// The address as the conf spells it (port 0 not resolved): what a reload compares.
+    pub conf: ListenAddr,
+    /// The address bound (port 0 resolved).
+    pub addr: SocketAddr,
+}
+
 /// One configuration and the runtime of its services and servers, in file order:
 /// `services[i]` is `config.services[i]`'s, `servers[i][j]` that of its server `j`.
 #[derive(Debug)]
@@ -152,6 +167,11 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub services: Vec<Arc<ServiceRuntime>>,
     pub servers: Vec<Vec<Arc<ServerRuntime>>>,
+    /// Every `bind` of every service, in file order (filled in once bound).
+    pub listening: Vec<Listening>,
+    /// FNV-1a of the configuration's canonical text (`config::render`, without its comment
+    /// line): the same settings always hash the same, whatever the file's layout.
+    pub hash: u64,
 }
 
 impl Generation {
@@ -180,14 +200,33 @@ impl Generation {
                             prev.servers[i].iter().find(|o| o.name == srv.name && o.addr == srv.addr)
                         });
                         match old {
-                            Some(rt) => Arc::clone(rt),
+                            Some(rt) => {
+                                rt.weight.store(srv.weight, Relaxed);
+                                Arc::clone(rt)
+                            }
                             None => Arc::new(ServerRuntime::new(srv, workers)),
                         }
                     })
                     .collect(),
             );
         }
-        Generation { number: previous.map_or(1, |p| p.number + 1), config, services, servers }
+        let text = crate::config::render(&config);
+        let settings = text.split_once('\n').map_or("", |(_comment, rest)| rest);
+        let hash =
+            settings.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Generation {
+            number: previous.map_or(1, |p| p.number + 1),
+            config,
+            services,
+            servers,
+            listening: Vec::new(),
+            hash,
+        }
+    }
+
+    /// The service named `name`: its position.
+    pub fn service_named(&self, name: &str) -> Option<usize> {
+        self.config.services.iter().position(|s| s.name == name)
     }
 
     /// Every server with its service's index, in file order.
@@ -213,8 +252,11 @@ pub struct Stats {
     pub started: Instant,
     /// Proxied connections over every service and worker (the global `max_conns`).
     pub active_total: AtomicUsize,
-    /// The global cap in force: `max_conns`, lowered if the descriptor limit cannot carry it.
-    pub max_conns: usize,
+    /// The global cap in force: `max_conns`, lowered if the descriptor limit cannot carry it
+    /// (a reload may change it).
+    pub max_conns: AtomicUsize,
+    /// The most proxied connections the descriptor limit carries (fixed at start).
+    pub descriptor_cap: usize,
     /// One set of worker gauges per worker.
     pub workers: Vec<Arc<WorkerCounters>>,
     /// The generation in force. Read (an `Arc` clone under a read lock) by the admin thread and
@@ -227,7 +269,8 @@ impl Stats {
         Stats {
             started: Instant::now(),
             active_total: AtomicUsize::new(0),
-            max_conns: config.max_conns,
+            max_conns: AtomicUsize::new(config.max_conns),
+            descriptor_cap: usize::MAX,
             workers: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
             current: RwLock::new(Arc::new(Generation::build(config, None, workers))),
         }
@@ -247,7 +290,7 @@ impl Stats {
     /// none. Each check-and-take is one atomic step, so workers racing for the last slot
     /// cannot overshoot a cap.
     pub fn try_admit(&self, service: &ServiceRuntime, cap: Option<usize>) -> bool {
-        let max = self.max_conns;
+        let max = self.max_conns.load(Relaxed);
         if self.active_total.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_err() {
             return false;
         }
@@ -272,14 +315,29 @@ impl Stats {
 }
 
 /// What a worker is told. Sent over its crossbeam channel, followed by a wake of its `mio::Waker`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum WorkerMsg {
     /// The health thread's verdict changed.
     Health { id: ServerId, up: bool },
     /// The operator drained, disabled or enabled a server.
     Admin { id: ServerId, state: AdminState },
+    /// Operator set a server's weight (until the next reload).
+    Weight { id: ServerId, weight: u32 },
     /// Stop accepting now; close what is still open at `deadline`.
     Drain { deadline: Instant },
+    /// A reload was taken: new sessions come from `generation`; listeners are as listed (in
+    /// the generation's order), and any other this worker holds closes.
+    Reload { generation: Arc<Generation>, listeners: Vec<ListenerChange> },
+}
+
+/// One listener of a worker after a reload: the one it holds for `conf` (the `ordinal`-th of
+/// the binds spelled so), or a new socket.
+#[derive(Debug)]
+pub struct ListenerChange {
+    pub service: usize,
+    pub conf: ListenAddr,
+    pub ordinal: usize,
+    pub new: Option<std::net::TcpListener>,
 }
 
 /// What the health thread is told.
@@ -295,6 +353,8 @@ pub enum HealthMsg {
         id: ServerId,
         state: AdminState,
     },
+    /// A reload was taken: probe the servers of this generation.
+    Track(Arc<Generation>),
     Stop,
 }
 
@@ -332,7 +392,8 @@ mod tests {
 
     #[test]
     fn admission_never_overshoots_a_cap() {
-        let stats = Stats { max_conns: 3, ..Stats::new(config(BASE), 1) };
+        let stats = Stats::new(config(BASE), 1);
+        stats.max_conns.store(3, Relaxed);
         let svc = Arc::clone(&stats.current().services[0]);
         let taken = (0..5).filter(|_| stats.try_admit(&svc, Some(2))).count();
         assert_eq!(taken, 2, "the service's cap");

@@ -89,14 +89,17 @@ pub struct Snapshot {
     pub uptime: Duration,
     pub active: usize,
     pub max_conns: usize,
+    /// The configuration generation in force (1 at start, one more per reload taken).
+    pub generation: u64,
+    /// A hash of the configuration in force (its canonical text): equal hashes, same settings.
+    pub config_hash: u64,
     pub workers: usize,
     pub per_worker: Vec<WorkerLoad>,
     pub services: Vec<ServiceSnapshot>,
 }
 
-/// Builds a snapshot of the generation in force. `listening` is every bound listener as
-/// (service name, address).
-pub fn take(stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
+/// Builds a snapshot of the generation in force.
+pub fn take(stats: &Stats) -> Snapshot {
     let generation = stats.current();
     let services = generation
         .config
@@ -107,7 +110,7 @@ pub fn take(stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
             let rt = &generation.services[si];
             let mut s = ServiceSnapshot {
                 name: svc.name.clone(),
-                listeners: listening.iter().filter(|(n, _)| *n == svc.name).map(|(_, a)| *a).collect(),
+                listeners: generation.listening.iter().filter(|l| l.service == si).map(|l| l.addr).collect(),
                 balance: svc.balance.name(),
                 active: rt.active.load(Relaxed),
                 accepted: 0,
@@ -133,7 +136,9 @@ pub fn take(stats: &Stats, listening: &[(String, SocketAddr)]) -> Snapshot {
     Snapshot {
         uptime: stats.started.elapsed(),
         active: stats.active_total.load(Relaxed),
-        max_conns: stats.max_conns,
+        max_conns: stats.max_conns.load(Relaxed),
+        generation: generation.number,
+        config_hash: generation.hash,
         workers: stats.workers.len(),
         per_worker: stats
             .workers

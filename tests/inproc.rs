@@ -236,21 +236,19 @@ fn idle_timeout_closes_both_sides() {
 
 #[test]
 fn drained_server_gets_no_new_connections_and_enable_restores_it() {
-    use shunt::shared::{AdminState, HealthMsg, WorkerMsg};
+    use shunt::shared::AdminState;
     let a = name_server("a");
     let b = name_server("b");
     let (r, addr) = start(config(vec![service(vec![("a", a, 1), ("b", b, 1)])]));
-    let id = r.stats.current().servers[0][0].id;
-    let ctl = r.control();
-    ctl.to_workers(WorkerMsg::Admin { id, state: AdminState::Drain });
-    ctl.to_health(HealthMsg::Admin { id, state: AdminState::Drain });
+    let name = &r.stats.current().config.services[0].name;
+    r.supervisor.set_admin(name, "a", AdminState::Drain).unwrap();
     wait_for(Duration::from_secs(5), "drain applied", || {
         (0..4).all(|_| {
             let mut c = TcpStream::connect(addr).unwrap();
             read_all(&mut c) == b"b"
         })
     });
-    ctl.to_workers(WorkerMsg::Admin { id, state: AdminState::Enabled });
+    r.supervisor.set_admin(name, "a", AdminState::Enabled).unwrap();
     wait_for(Duration::from_secs(5), "enable applied", || {
         let mut c = TcpStream::connect(addr).unwrap();
         read_all(&mut c) == b"a"
@@ -373,7 +371,7 @@ fn sigterm_style_drain_lets_live_sessions_finish() {
     live.write_all(b"before").unwrap();
     let mut b = [0u8; 6];
     live.read_exact(&mut b).unwrap();
-    r.control().drain(Instant::now() + Duration::from_secs(10));
+    r.supervisor.drain(Instant::now() + Duration::from_secs(10));
     // New connections are refused once the listener is closed.
     wait_for(Duration::from_secs(5), "listener closed", || TcpStream::connect(addr).is_err());
     live.write_all(b"after").unwrap();

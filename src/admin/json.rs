@@ -29,11 +29,13 @@ pub fn status(snap: &Snapshot) -> String {
     let mut o = String::with_capacity(4096);
     let _ = write!(
         o,
-        "{{\"version\":{},\"uptime_seconds\":{:.3},\"active_connections\":{},\"max_connections\":{},\"workers\":{},\"per_worker\":[",
+        "{{\"version\":{},\"uptime_seconds\":{:.3},\"active_connections\":{},\"max_connections\":{},\"generation\":{},\"config_hash\":\"{:016x}\",\"workers\":{},\"per_worker\":[",
         string(env!("CARGO_PKG_VERSION")),
         snap.uptime.as_secs_f64(),
         snap.active,
         snap.max_conns,
+        snap.generation,
+        snap.config_hash,
         snap.workers
     );
     for (i, w) in snap.per_worker.iter().enumerate() {

@@ -10,6 +10,7 @@ pub mod prometheus;
 mod request;
 mod routes;
 
+pub use json::string as json_string;
 pub use request::{parse_head, Head, ParsedHead, MAX_REQUEST};
 pub use routes::{constant_time_eq, Context};
 
@@ -268,8 +269,8 @@ fn parse(buf: &[u8], ctx: &Context) -> Parsed {
     match parse_head(buf) {
         ParsedHead::Incomplete => Parsed::Incomplete,
         ParsedHead::Refuse(status, message) => Parsed::Done(Response::text(status, message), false),
-        ParsedHead::Request(Head { method, path, authorization, .. }) => {
-            let resp = routes::route(ctx, &Request { method, path, authorization });
+        ParsedHead::Request(Head { method, path, query, authorization, .. }) => {
+            let resp = routes::route(ctx, &Request { method, path, query, authorization });
             Parsed::Done(resp, method == "HEAD")
         }
     }

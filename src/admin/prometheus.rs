@@ -6,6 +6,7 @@ use crate::metrics::names::*;
 use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS};
 use crate::snapshot::{ServerSnapshot, ServerState, ServiceSnapshot, Snapshot, WorkerLoad};
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Process facts read from /proc at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,6 +45,25 @@ impl ProcessFacts {
     }
 }
 
+/// Reload outcomes, read from the supervisor at scrape time.
+pub struct ReloadFacts {
+    pub ok: u64,
+    pub failed: u64,
+    /// Unix time of the last reload taken; 0 before any.
+    pub last_ok_unix: u64,
+}
+
+impl ReloadFacts {
+    pub fn read(supervisor: &crate::supervisor::Supervisor) -> ReloadFacts {
+        let r = &supervisor.reloads;
+        ReloadFacts {
+            ok: r.ok.load(Relaxed),
+            failed: r.failed.load(Relaxed),
+            last_ok_unix: r.last_ok_unix.load(Relaxed),
+        }
+    }
+}
+
 /// Escapes a label value (backslash, quote, newline), as the format requires.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -75,9 +95,19 @@ impl Out {
     }
 }
 
-pub fn render(snap: &Snapshot, process: ProcessFacts) -> String {
+pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> String {
     let mut out = Out(String::with_capacity(8192));
     let o = &mut out;
+
+    o.family(RELOADS, "counter", "Reloads asked for (SIGHUP, POST /reload), by result.");
+    o.sample(RELOADS, "result=\"ok\"", reloads.ok);
+    o.sample(RELOADS, "result=\"error\"", reloads.failed);
+    o.family(LAST_RELOAD, "gauge", "Unix time of the last reload taken (0: none since start).");
+    o.sample(LAST_RELOAD, "", reloads.last_ok_unix);
+    o.family(CONFIG_GENERATION, "gauge", "Configuration generation in force: 1 at start, +1 per reload taken.");
+    o.sample(CONFIG_GENERATION, "", snap.generation);
+    o.family(CONFIG_INFO, "gauge", "Always 1; the hash of the configuration in force is a label.");
+    o.sample(CONFIG_INFO, &format!("hash=\"{:016x}\"", snap.config_hash), 1);
 
     o.family(BUILD_INFO, "gauge", "Always 1; the version is a label.");
     o.sample(BUILD_INFO, &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);

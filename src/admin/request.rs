@@ -11,6 +11,8 @@ pub struct Head<'a> {
     pub method: &'a str,
     /// The path without its query string.
     pub path: &'a str,
+    /// What follows the `?`, if anything (empty otherwise).
+    pub query: &'a str,
     pub authorization: Option<&'a [u8]>,
     /// Bytes of the request line and headers, blank line included.
     pub head_len: usize,
@@ -70,9 +72,9 @@ pub fn parse_head(buf: &[u8]) -> ParsedHead<'_> {
     if buf.len() < head_len + body_len {
         return ParsedHead::Incomplete;
     }
-    let path = target.split('?').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let authorization = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("authorization")).map(|h| h.value);
-    ParsedHead::Request(Head { method, path, authorization, head_len, body_len })
+    ParsedHead::Request(Head { method, path, query, authorization, head_len, body_len })
 }
 
 #[cfg(test)]
@@ -91,6 +93,7 @@ mod tests {
         let buf = b"POST /servers/web/a/drain?x=1 HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 3\r\n\r\nabc";
         let ParsedHead::Request(h) = parse_head(buf) else { panic!("{:?}", parse_head(buf)) };
         assert_eq!((h.method, h.path, h.authorization), ("POST", "/servers/web/a/drain", Some(&b"Bearer t"[..])));
+        assert_eq!(h.query, "x=1");
         assert_eq!((h.head_len + h.body_len, h.body_len), (buf.len(), 3));
     }
 

@@ -1,20 +1,15 @@
-//! What each admin request gets: a pure function from (method, path, authorization) to a
-//! response, over a context that can read counters and steer the workers.
+//! What each admin request gets: a function from (method, path, query, authorization) to a
+//! response, over the supervisor, which reads counters and makes every change.
 
 use super::{json, page, prometheus};
-use crate::runtime::Control;
-use crate::shared::{AdminState, HealthMsg, Stats, WorkerMsg};
+use crate::shared::AdminState;
 use crate::snapshot;
-use std::net::SocketAddr;
+use crate::supervisor::{ReloadError, Supervisor};
 use std::sync::Arc;
 
 /// Everything the routes need.
 pub struct Context {
-    pub stats: Arc<Stats>,
-    pub listening: Vec<(String, SocketAddr)>,
-    pub control: Control,
-    /// The bearer token admin POSTs need; `None` = POSTs are open.
-    pub token: Option<Vec<u8>>,
+    pub supervisor: Arc<Supervisor>,
 }
 
 /// A parsed request, as far as routing cares.
@@ -22,7 +17,20 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The path without its query string.
     pub path: &'a str,
+    /// What follows the `?` (empty without one).
+    pub query: &'a str,
     pub authorization: Option<&'a [u8]>,
+}
+
+impl Request<'_> {
+    /// The value of `key` in the query string (`a=1&b=2`), if present.
+    fn param(&self, key: &str) -> Option<&str> {
+        self.query.split('&').find_map(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == key => Some(v),
+            None if kv == key => Some(""),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -92,33 +100,68 @@ pub fn reason(status: u16) -> &'static str {
 
 pub fn route(ctx: &Context, req: &Request<'_>) -> Response {
     let read = matches!(req.method, "GET" | "HEAD");
+    let stats = ctx.supervisor.stats();
     match req.path {
-        "/metrics" | "/status" | "/" | "/healthz" if !read => method_not_allowed("GET, HEAD"),
+        "/metrics" | "/status" | "/" | "/healthz" | "/config" if !read => method_not_allowed("GET, HEAD"),
         "/metrics" => {
-            let snap = snapshot::take(&ctx.stats, &ctx.listening);
-            let body = prometheus::render(&snap, prometheus::ProcessFacts::read());
+            let snap = snapshot::take(stats);
+            let reloads = prometheus::ReloadFacts::read(&ctx.supervisor);
+            let body = prometheus::render(&snap, prometheus::ProcessFacts::read(), reloads);
             Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        "/status" => Response::json(200, json::status(&snapshot::take(&ctx.stats, &ctx.listening))),
+        "/status" => Response::json(200, json::status(&snapshot::take(stats))),
         "/" => Response::new(200, "text/html; charset=utf-8", page::HTML),
-        "/healthz" => healthz(ctx),
-        "/reload" if req.method != "POST" => method_not_allowed("POST"),
+        "/healthz" => healthz(ctx, req.param("service")),
+        "/config" => Response::text(200, crate::config::render(&stats.current().config)),
+        "/reload" | "/upgrade" if req.method != "POST" => method_not_allowed("POST"),
         "/reload" => match authorize(ctx, req) {
             Err(r) => r,
-            Ok(()) => Response::text(501, "reload is not implemented yet; the running configuration stays"),
+            Ok(()) if req.param("dry_run").is_some_and(|v| v != "0") => dry_run(ctx),
+            Ok(()) => reload(ctx),
+        },
+        "/upgrade" => match authorize(ctx, req) {
+            Err(r) => r,
+            Ok(()) => Response::text(501, "upgrade is not implemented yet"),
         },
         path => match path.strip_prefix("/servers/").map(|rest| rest.split('/').collect::<Vec<_>>()) {
-            Some(parts) if parts.len() == 3 => {
+            Some(parts) if parts.len() == 3 || (parts.len() == 4 && parts[2] == "weight") => {
                 if req.method != "POST" {
                     return method_not_allowed("POST");
                 }
                 if let Err(r) = authorize(ctx, req) {
                     return r;
                 }
-                set_server_state(ctx, parts[0], parts[1], parts[2])
+                match parts[..] {
+                    [service, server, "weight", n] => set_weight(ctx, service, server, n),
+                    [service, server, action] => set_server_state(ctx, service, server, action),
+                    _ => unreachable!("matched above"),
+                }
             }
-            _ => Response::text(404, "not found; try /, /status, /metrics, /healthz"),
+            _ => Response::text(404, "not found; try /, /status, /metrics, /healthz, /config"),
         },
+    }
+}
+
+/// `POST /reload`: the same as SIGHUP.
+fn reload(ctx: &Context) -> Response {
+    match ctx.supervisor.reload() {
+        Ok(done) => {
+            let mut body = format!("reloaded: configuration generation {}\n", done.generation);
+            for line in &done.restart_needed {
+                body.push_str(&format!("not applied: {line}\n"));
+            }
+            Response::text(200, body)
+        }
+        Err(e @ ReloadError::Config(_)) => Response::text(400, format!("{e}\nthe running configuration stays")),
+        Err(e @ ReloadError::Start(_)) => Response::text(500, format!("{e}\nthe running configuration stays")),
+    }
+}
+
+/// `POST /reload?dry_run=1`: what a reload of the running file would change, as JSON.
+fn dry_run(ctx: &Context) -> Response {
+    match ctx.supervisor.plan() {
+        Ok(plan) => Response::json(200, plan.to_json()),
+        Err(e) => Response::text(400, format!("{e}\nnothing would change")),
     }
 }
 
@@ -128,10 +171,25 @@ fn method_not_allowed(allow: &str) -> Response {
     r
 }
 
-fn healthz(ctx: &Context) -> Response {
-    let snap = snapshot::take(&ctx.stats, &ctx.listening);
-    let empty: Vec<&str> =
-        snap.services.iter().filter(|s| !s.servers.iter().any(|v| v.usable())).map(|s| s.name.as_str()).collect();
+/// `GET /healthz[?service=a,b]`: every service (or the named ones) has a server that can take
+/// traffic. A keepalived track script asks for the services its virtual address carries.
+fn healthz(ctx: &Context, only: Option<&str>) -> Response {
+    let snap = snapshot::take(ctx.supervisor.stats());
+    let wanted: Option<Vec<&str>> = only.map(|list| list.split(',').filter(|n| !n.is_empty()).collect());
+    if let Some(names) = &wanted {
+        let unknown: Vec<&str> =
+            names.iter().copied().filter(|n| !snap.services.iter().any(|s| s.name == *n)).collect();
+        if !unknown.is_empty() {
+            return Response::text(404, format!("no service named {}", unknown.join(", ")));
+        }
+    }
+    let asked = |name: &str| wanted.as_ref().is_none_or(|names| names.contains(&name));
+    let empty: Vec<&str> = snap
+        .services
+        .iter()
+        .filter(|s| asked(&s.name) && !s.servers.iter().any(|v| v.usable()))
+        .map(|s| s.name.as_str())
+        .collect();
     if empty.is_empty() {
         Response::text(200, "ok")
     } else {
@@ -141,9 +199,9 @@ fn healthz(ctx: &Context) -> Response {
 
 /// Checks `Authorization: Bearer TOKEN` when a token is configured, in constant time.
 fn authorize(ctx: &Context, req: &Request<'_>) -> Result<(), Response> {
-    let Some(token) = &ctx.token else { return Ok(()) };
+    let Some(token) = ctx.supervisor.token() else { return Ok(()) };
     let given = req.authorization.and_then(|h| h.strip_prefix(b"Bearer ")).unwrap_or(b"");
-    if constant_time_eq(given, token) {
+    if constant_time_eq(given, &token) {
         Ok(())
     } else {
         let mut r = Response::text(401, "this needs Authorization: Bearer TOKEN (the content of admin_token)");
@@ -169,18 +227,10 @@ fn set_server_state(ctx: &Context, service: &str, server: &str, action: &str) ->
         "enable" => AdminState::Enabled,
         _ => return Response::text(404, format!("unknown action {action:?}; use drain, disable or enable")),
     };
-    let generation = ctx.stats.current();
-    if !generation.config.services.iter().any(|s| s.name == service) {
-        return Response::text(404, format!("no service named {service:?}"));
-    }
-    let Some(shared) = generation.server_named(service, server) else {
-        return Response::text(404, format!("service {service} has no server named {server:?}"));
+    let before = match ctx.supervisor.set_admin(service, server, state) {
+        Ok(before) => before,
+        Err(why) => return Response::text(404, why),
     };
-    let id = shared.id;
-    let before = shared.admin();
-    shared.set_admin(state);
-    ctx.control.to_workers(WorkerMsg::Admin { id, state });
-    ctx.control.to_health(HealthMsg::Admin { id, state });
     log::warn!("admin: server {service}/{server} set to {} (was {})", name(state), name(before));
     Response::json(
         200,
@@ -192,6 +242,27 @@ fn set_server_state(ctx: &Context, service: &str, server: &str, action: &str) ->
             json::string(name(before))
         ),
     )
+}
+
+/// `POST /servers/S/V/weight/N`: until the next reload.
+fn set_weight(ctx: &Context, service: &str, server: &str, n: &str) -> Response {
+    let Some(weight) = n.parse::<u32>().ok().filter(|w| *w <= crate::config::MAX_WEIGHT) else {
+        return Response::text(400, format!("weight {n:?}: expected a number from 0 to {}", crate::config::MAX_WEIGHT));
+    };
+    match ctx.supervisor.set_weight(service, server, weight) {
+        Ok(before) => {
+            log::warn!("admin: server {service}/{server} weight set to {weight} (was {before}) until the next reload");
+            Response::json(
+                200,
+                format!(
+                    "{{\"service\":{},\"server\":{},\"weight\":{weight},\"previous\":{before}}}",
+                    json::string(service),
+                    json::string(server)
+                ),
+            )
+        }
+        Err(why) => Response::text(404, why),
+    }
 }
 
 fn name(state: AdminState) -> &'static str {

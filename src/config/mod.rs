@@ -6,8 +6,10 @@
 
 mod lexer;
 mod parse;
+mod render;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
+pub use render::{check as check_text, duration as duration_text, render};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 /// Default conf file location (DESIGN.md, "Command line").
 pub const DEFAULT_PATH: &str = "/etc/shunt/shunt.conf";
+/// The largest server weight (DESIGN.md).
+pub const MAX_WEIGHT: u32 = 256;
 /// `max_conns` when the file does not set it.
 pub const DEFAULT_MAX_CONNS: usize = 100_000;
 

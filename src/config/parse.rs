@@ -34,7 +34,7 @@ const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source"];
 // Upper bounds catch typos (an extra zero) before they become a thread or memory storm; none of
 // them limits a real deployment. MAX_WEIGHT is DESIGN.md's.
 const MAX_WORKERS: u64 = 256;
-const MAX_WEIGHT: u64 = 256;
+const MAX_WEIGHT: u64 = super::MAX_WEIGHT as u64;
 const MAX_RETRIES: u64 = 100;
 const MAX_RISE_FALL: u64 = 1000;
 /// Connection caps: `Server::maxconn` is a `u32`.

@@ -117,6 +117,7 @@ impl HealthThread {
                     HealthMsg::Stop => return,
                     HealthMsg::ConnectFailed { id, reason } => self.passive_failure(id, &reason),
                     HealthMsg::Admin { id, state } => self.set_admin(id, state),
+                    HealthMsg::Track(generation) => self.track(&generation, Instant::now()),
                 }
             }
         }

@@ -20,6 +20,7 @@ use crate::logs::{self, Cause};
 use crate::metrics::WorkerCounters;
 use crate::relay::Pools;
 use crate::session::{Phase, Session, Step};
+use crate::shared::ListenerChange;
 use crate::shared::{Generation, ServerId, Stats, WorkerMsg};
 use crate::timer::Timers;
 use crate::token::{self, Kind, Side};
@@ -30,7 +31,6 @@ use mio::{Events, Interest, Poll};
 use pool::{ServerView, ServicePool};
 use slab::Slab;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,10 @@ const CAP_RECHECK: Duration = Duration::from_millis(20);
 struct Listener {
     /// Its service's position in `pools` (and in the generation's services).
     pool: usize,
+    /// The address as the conf spells it, and how many binds before it are spelled the same:
+    /// what a reload names it by.
+    conf: ListenAddr,
+    ordinal: usize,
     socket: TcpListener,
     /// Pending connections may be waiting (edge-triggered: set by an event, cleared only by
     /// WouldBlock).
@@ -123,10 +127,12 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup, stats: Arc<Stats>, health: HealthLink) -> io::Result<Worker> {
         let mut listeners = Vec::new();
-        for (i, (pool, l)) in setup.listeners.into_iter().enumerate() {
+        // `setup.listeners` are in the order of the generation's binds.
+        for (i, ((pool, l), bound)) in setup.listeners.into_iter().zip(&setup.generation.listening).enumerate() {
             let mut socket = TcpListener::from_std(l);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
-            listeners.push(Listener { pool, socket, ready: true, full_since: None });
+            let ordinal = setup.generation.listening[..i].iter().filter(|b| b.conf == bound.conf).count();
+            listeners.push(Listener { pool, conf: bound.conf, ordinal, socket, ready: true, full_since: None });
         }
         Ok(Worker {
             index: setup.index,
@@ -246,13 +252,63 @@ impl Worker {
                         s.admin = state;
                     }
                 }
+                WorkerMsg::Weight { id, weight } => {
+                    if let Some(s) = self.server_mut(id) {
+                        s.weight = weight;
+                    }
+                }
                 WorkerMsg::Drain { deadline } => self.start_drain(deadline, now),
+                WorkerMsg::Reload { generation, listeners } => self.reload(generation, listeners),
             }
         }
     }
 
     fn server_mut(&mut self, id: ServerId) -> Option<&mut ServerView> {
         self.pools.iter_mut().flat_map(|p| p.servers.iter_mut()).find(|v| v.rt.id == id)
+    }
+
+    /// Takes a reload: new sessions come from `generation` (live ones keep what they hold), and
+    /// the listeners become those of `changes`: kept ones as they are (same socket, same
+    /// backlog), new ones registered, the rest closed.
+    fn reload(&mut self, generation: Arc<Generation>, changes: Vec<ListenerChange>) {
+        self.pools = ServicePool::all(&generation);
+        self.generation = generation;
+        if self.drain_deadline.is_some() {
+            return; // draining: listeners stay closed, new sockets close with `changes`
+        }
+        let mut old = std::mem::take(&mut self.listeners);
+        for (i, change) in changes.into_iter().enumerate() {
+            let tok = token::listener(i);
+            let kept = old.iter().position(|l| l.conf == change.conf && l.ordinal == change.ordinal);
+            let registered = match (change.new, kept) {
+                (Some(socket), _) => {
+                    let mut socket = TcpListener::from_std(socket);
+                    self.poll.registry().register(&mut socket, tok, Interest::READABLE).map(|()| socket)
+                }
+                (None, Some(k)) => {
+                    let mut socket = old.swap_remove(k).socket;
+                    self.poll.registry().reregister(&mut socket, tok, Interest::READABLE).map(|()| socket)
+                }
+                (None, None) => continue,
+            };
+            match registered {
+                // Ready until an accept says otherwise: a kept socket may hold a backlog.
+                Ok(socket) => self.listeners.push(Listener {
+                    pool: change.service,
+                    conf: change.conf,
+                    ordinal: change.ordinal,
+                    socket,
+                    ready: true,
+                    full_since: None,
+                }),
+                Err(e) => {
+                    logs::limited_warn("register", format_args!("reload: register listener {}: {e}", change.conf))
+                }
+            }
+        }
+        for mut l in old {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
     }
 
     /// Stops accepting at once: closing the listeners (rather than just ignoring them) lets
@@ -427,13 +483,5 @@ impl Worker {
             // Descriptors were freed: paused accepts may go on.
             self.accept_paused_until = None;
         }
-    }
-}
-
-/// The address a listener actually bound (port 0 resolved), as the conf would spell it.
-pub fn resolved(addr: &ListenAddr, bound: SocketAddr) -> ListenAddr {
-    match addr {
-        ListenAddr::Any(_) => ListenAddr::Any(bound.port()),
-        ListenAddr::Addr(_) => ListenAddr::Addr(bound),
     }
 }

@@ -62,7 +62,7 @@ impl ServicePool {
                     .zip(servers)
                     .map(|(srv, rt)| ServerView {
                         rt: Arc::clone(rt),
-                        weight: srv.weight,
+                        weight: rt.weight.load(Relaxed),
                         backup: srv.backup,
                         maxconn: srv.maxconn,
                         up: rt.up.load(Relaxed),

@@ -111,7 +111,7 @@ pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
 }
 
 pub fn stop(r: shunt::Running) {
-    r.control().drain(Instant::now() + Duration::from_secs(5));
+    r.supervisor.drain(Instant::now() + Duration::from_secs(5));
     r.wait().unwrap();
 }
 

@@ -1,0 +1,172 @@
+//! A [`Config`] back to conf text (`GET /config`, and what `shunt --plan` compares against):
+//! every setting spelled out, defaults included, so the text says exactly what runs. Parsing
+//! the text gives the same value back (line numbers aside); server host names appear as the
+//! addresses they resolved to, and secrets stay file names.
+
+use super::{Check, CheckKind, Config, Splice, StatusMatch};
+use std::fmt::Write;
+use std::time::Duration;
+
+/// The conf text of `c`.
+pub fn render(c: &Config) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# the running configuration, from {}", c.path.display());
+    let _ = writeln!(o, "workers {}", c.workers);
+    let _ = writeln!(o, "max_conns {}", c.max_conns);
+    if let Some(a) = c.admin {
+        let _ = writeln!(o, "admin {a}");
+    }
+    if let Some(t) = &c.admin_token {
+        let _ = writeln!(o, "admin_token {}", quote(t.as_os_str().as_encoded_bytes()));
+    }
+    let _ = writeln!(o, "drain_timeout {}", duration(c.drain_timeout));
+    let _ = writeln!(o, "log {}", c.log_level.as_str().to_ascii_lowercase());
+    for s in &c.services {
+        let _ = writeln!(o, "\nservice {}", s.name);
+        for b in &s.binds {
+            let _ = writeln!(o, "  bind {}", b.addr);
+        }
+        let _ = writeln!(o, "  balance {}", s.balance.name());
+        for v in &s.servers {
+            let _ = write!(o, "  server {} {} weight {}", v.name, v.addr, v.weight);
+            if v.backup {
+                o.push_str(" backup");
+            }
+            if v.disabled {
+                o.push_str(" disabled");
+            }
+            if let Some(m) = v.maxconn {
+                let _ = write!(o, " maxconn {m}");
+            }
+            o.push('\n');
+        }
+        if let Some(line) = check(&s.check) {
+            let _ = writeln!(o, "  {line}");
+        }
+        let _ = writeln!(o, "  retries {}", s.retries);
+        let t = &s.timeouts;
+        let _ = writeln!(o, "  timeout connect {}", duration(t.connect));
+        let _ = writeln!(o, "  timeout idle {}", duration(t.idle));
+        let _ = writeln!(o, "  timeout fin {}", duration(t.fin));
+        let _ = writeln!(o, "  timeout queue {}", duration(s.queue_timeout));
+        if let Some(m) = s.max_conns {
+            let _ = writeln!(o, "  max_conns {m}");
+        }
+        let splice = match s.splice {
+            Splice::Auto => "on",
+            Splice::Always => "always",
+            Splice::Off => "off",
+        };
+        let _ = writeln!(o, "  splice {splice}");
+    }
+    o
+}
+
+/// The `check ...` line of `c` (`None` without a check).
+pub fn check(c: &Check) -> Option<String> {
+    let kind = match &c.kind {
+        CheckKind::None => return None,
+        CheckKind::Tcp => "tcp".to_string(),
+        CheckKind::Send { send, expect } => format!("send {} expect {}", quote(send), quote(expect)),
+        CheckKind::Http { method, path, expect } => {
+            let status = match expect {
+                StatusMatch::Exact(s) => s.to_string(),
+                StatusMatch::Class(d) => format!("{d}xx"),
+            };
+            format!("http {method} {path} expect {status}")
+        }
+    };
+    let mut line = format!(
+        "check {kind} interval {} timeout {} rise {} fall {}",
+        duration(c.interval),
+        duration(c.timeout),
+        c.rise,
+        c.fall
+    );
+    if let Some(p) = c.port {
+        let _ = write!(line, " port {p}");
+    }
+    Some(line)
+}
+
+/// In the largest unit that states it exactly: `250ms`, `2s`, `5m`, `1h`.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// A quoted string the lexer reads back as exactly `bytes`.
+fn quote(bytes: &[u8]) -> String {
+    let mut o = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'"' => o.push_str("\\\""),
+            b'\\' => o.push_str("\\\\"),
+            b'\r' => o.push_str("\\r"),
+            b'\n' => o.push_str("\\n"),
+            b'\t' => o.push_str("\\t"),
+            b' '..=b'~' => o.push(b as char),
+            _ => {
+                let _ = write!(o, "\\x{b:02x}");
+            }
+        }
+    }
+    o.push('"');
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_bytes;
+    use std::path::Path;
+
+    /// Line numbers differ between a file and its rendering; everything else must not.
+    fn without_lines(mut c: Config) -> Config {
+        c.path = "x".into();
+        for s in &mut c.services {
+            s.line = 0;
+            s.binds.iter_mut().for_each(|b| b.line = 0);
+            s.servers.iter_mut().for_each(|v| v.line = 0);
+        }
+        c
+    }
+
+    fn round_trip(text: &str) {
+        let c = parse_bytes(text.as_bytes(), Path::new("a.conf")).unwrap();
+        let rendered = render(&c);
+        let back = parse_bytes(rendered.as_bytes(), Path::new("b.conf"))
+            .unwrap_or_else(|e| panic!("rendering does not parse: {e:?}\n{rendered}"));
+        assert_eq!(without_lines(back), without_lines(c), "\n{rendered}");
+    }
+
+    #[test]
+    fn every_setting_survives_a_round_trip() {
+        round_trip(
+            "workers 3\nmax_conns 500\nadmin [::1]:9090\nadmin_token \"/etc/a b#c\"\ndrain_timeout 250ms\nlog debug\n\
+             service web\n bind *:8080\n bind [::1]:8081\n bind 0.0.0.0:8082\n server a 127.0.0.1:1 weight 0 backup disabled maxconn 7\n\
+             server b [::1]:2\n check http HEAD /h?x=1 expect 2xx interval 5m timeout 1500ms rise 4 fall 5 port 99\n\
+             retries 0\n timeout connect 1h\n timeout idle 90s\n timeout fin 2s\n timeout queue 0s\n max_conns 9\n splice off\n\
+             service r\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check send \"PING\\r\\n\\x00\\\"\\\\\" expect \"+PONG\\xff\"\n\
+             service t\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check tcp\n splice always\n",
+        );
+        for b in ["roundrobin", "leastconn", "first", "source"] {
+            round_trip(&format!("service s\n bind 127.0.0.1:0\n balance {b}\n server x 127.0.0.1:3\n"));
+        }
+    }
+
+    #[test]
+    fn durations_take_the_largest_exact_unit() {
+        let d = |ms| duration(Duration::from_millis(ms));
+        assert_eq!(
+            [d(0), d(250), d(2000), d(90_000), d(300_000), d(7_200_000)],
+            ["0s", "250ms", "2s", "90s", "5m", "2h"]
+        );
+    }
+}

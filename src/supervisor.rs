@@ -1,0 +1,264 @@
+//! The running shunt's control: the one place that changes it while it runs. SIGHUP and
+//! `POST /reload` take the same [`Supervisor::reload`]; the admin endpoint's server actions,
+//! drains and (later) upgrades go through here too. It owns the links to the workers and the
+//! health thread; the generation in force is published in [`Stats`] for every reader.
+//!
+//! A reload in place: the file is read and checked whole (any error: the running
+//! configuration stays, every error is returned); listeners whose address is unchanged are
+//! kept as they are (never re-bound, so no connection is refused and no backlog lost), new
+//! ones are bound for every worker (a failure rejects the whole reload), removed ones close
+//! while their sessions go on; services and servers it keeps carry their runtime (see
+//! `Generation::build`); then the workers and the health thread get the new generation.
+
+use crate::bind::{self, StartError};
+use crate::config::{self, Config, ConfigError, ListenAddr};
+use crate::health::{HealthLink, WorkerLink};
+use crate::plan::Plan;
+use crate::shared::{AdminState, Generation, HealthMsg, ListenerChange, Listening, Stats, WorkerMsg};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+/// Why a reload was not taken. The running configuration stays in every case.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file has errors (every one of them, as `FILE:LINE: message`).
+    Config(Vec<ConfigError>),
+    /// A new listener could not be bound, or the admin token not read.
+    Start(StartError),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Config(errors) => {
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+            ReloadError::Start(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Global settings that changed in the file but only take effect after a restart (or an
+    /// upgrade), e.g. `workers 4`.
+    pub restart_needed: Vec<String>,
+}
+
+/// Reload counts for the metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// Seconds since the epoch of the last reload taken (0: none yet).
+    pub last_ok_unix: AtomicU64,
+}
+
+pub struct Supervisor {
+    stats: Arc<Stats>,
+    workers: Vec<WorkerLink>,
+    health: HealthLink,
+    /// The bearer token admin POSTs need (re-read at each reload).
+    token: RwLock<Option<Vec<u8>>>,
+    pub reloads: ReloadStats,
+    /// One change at a time: a second reload waits for the first.
+    changing: Mutex<()>,
+}
+
+impl Supervisor {
+    pub fn new(stats: Arc<Stats>, workers: Vec<WorkerLink>, health: HealthLink, token: Option<Vec<u8>>) -> Supervisor {
+        Supervisor {
+            stats,
+            workers,
+            health,
+            token: RwLock::new(token),
+            reloads: ReloadStats::default(),
+            changing: Mutex::new(()),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The bearer token admin POSTs need now.
+    pub fn token(&self) -> Option<Vec<u8>> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the running configuration's file and takes it, or keeps the running one and
+    /// says why. Logs the outcome either way.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.stats.current();
+        let result =
+            config::load(&old.config.path).map_err(ReloadError::Config).and_then(|config| self.take(&old, config));
+        match &result {
+            Ok(r) => {
+                self.reloads.ok.fetch_add(1, Relaxed);
+                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.reloads.last_ok_unix.store(now, Relaxed);
+                log::warn!("reload: {} taken (generation {})", old.config.path.display(), r.generation);
+                for what in &r.restart_needed {
+                    log::warn!("reload: {what}");
+                }
+            }
+            Err(e) => {
+                self.reloads.failed.fetch_add(1, Relaxed);
+                log::error!("reload: {} rejected, the running configuration stays:\n{e}", old.config.path.display());
+            }
+        }
+        result
+    }
+
+    /// Binds what is new, builds the generation, hands it out. Nothing changes until every
+    /// fallible step succeeded.
+    fn take(&self, old: &Generation, mut config: Config) -> Result<Reloaded, ReloadError> {
+        let token = config.admin_token.as_deref().map(bind::read_token).transpose().map_err(ReloadError::Start)?;
+        let workers = self.workers.len();
+        let plan = plan_listeners(old, &config);
+        // Bind every new address before changing anything: a failure drops what was bound.
+        let mut fresh: Vec<Option<(std::net::SocketAddr, Vec<TcpListener>)>> = Vec::new();
+        for (service, conf, kept) in &plan {
+            fresh.push(match kept {
+                Some(_) => None,
+                None => Some(
+                    bind::bind_for_workers(&config.services[*service].name, *conf, workers)
+                        .map_err(ReloadError::Start)?,
+                ),
+            });
+        }
+        let restart_needed = crate::plan::restart_needed(&old.config, &config);
+        // What cannot change live keeps its running value, so the generation (and `GET
+        // /config`) says what really runs; `restart_needed` says what the file asks for.
+        config.workers = old.config.workers;
+        config.admin = old.config.admin;
+        config.log_level = old.config.log_level;
+        let mut generation = Generation::build(Arc::new(config), Some(old), workers);
+        let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
+        for ((service, conf, kept), bound) in plan.into_iter().zip(fresh) {
+            let ordinal = ordinal_of(&generation.listening, conf);
+            let addr = match (kept, bound) {
+                (Some(addr), _) => {
+                    for list in per_worker.iter_mut() {
+                        list.push(ListenerChange { service, conf, ordinal, new: None });
+                    }
+                    addr
+                }
+                (None, Some((addr, sockets))) => {
+                    for (list, socket) in per_worker.iter_mut().zip(sockets) {
+                        list.push(ListenerChange { service, conf, ordinal, new: Some(socket) });
+                    }
+                    addr
+                }
+                (None, None) => unreachable!("a listener is kept or bound"),
+            };
+            generation.listening.push(Listening { service, conf, addr });
+        }
+        let generation = Arc::new(generation);
+        let number = generation.number;
+        // A reloaded `max_conns` takes effect, never above what the descriptor budget allows.
+        self.stats.max_conns.store(generation.config.max_conns.min(self.stats.descriptor_cap), Relaxed);
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        self.stats.publish(Arc::clone(&generation));
+        for (link, listeners) in self.workers.iter().zip(per_worker) {
+            link.send(WorkerMsg::Reload { generation: Arc::clone(&generation), listeners });
+        }
+        self.health.send(HealthMsg::Track(generation));
+        Ok(Reloaded { generation: number, restart_needed })
+    }
+
+    /// What reloading the running configuration's file would change (`POST /reload?dry_run=1`);
+    /// changes nothing.
+    pub fn plan(&self) -> Result<Plan, ReloadError> {
+        let old = self.stats.current();
+        let new = config::load(&old.config.path).map_err(ReloadError::Config)?;
+        Ok(crate::plan::diff(&old.config, &new, &LiveNow(&old)))
+    }
+
+    /// Stop accepting now; live sessions get until `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        for w in &self.workers {
+            w.send(WorkerMsg::Drain { deadline });
+        }
+    }
+
+    /// Sets a server's admin state; returns the state it had. `Err` names what was not found.
+    pub fn set_admin(&self, service: &str, server: &str, state: AdminState) -> Result<AdminState, String> {
+        let generation = self.stats.current();
+        let rt = find(&generation, service, server)?;
+        let before = rt.admin();
+        rt.set_admin(state);
+        for w in &self.workers {
+            w.send(WorkerMsg::Admin { id: rt.id, state });
+        }
+        self.health.send(HealthMsg::Admin { id: rt.id, state });
+        Ok(before)
+    }
+
+    /// Sets a server's weight until the next reload; returns the weight it had.
+    pub fn set_weight(&self, service: &str, server: &str, weight: u32) -> Result<u32, String> {
+        let generation = self.stats.current();
+        let rt = find(&generation, service, server)?;
+        let before = rt.weight.swap(weight, Relaxed);
+        for w in &self.workers {
+            w.send(WorkerMsg::Weight { id: rt.id, weight });
+        }
+        Ok(before)
+    }
+}
+
+/// Live session counts read from a generation's runtime gauges.
+struct LiveNow<'g>(&'g Generation);
+
+impl crate::plan::Live for LiveNow<'_> {
+    fn service(&self, service: &str) -> u64 {
+        self.0.service_named(service).map_or(0, |i| self.0.services[i].active.load(Relaxed))
+    }
+    fn server(&self, service: &str, server: &str) -> u64 {
+        self.0.server_named(service, server).map_or(0, |s| s.active.load(Relaxed))
+    }
+}
+
+fn find<'g>(
+    generation: &'g Generation,
+    service: &str,
+    server: &str,
+) -> Result<&'g Arc<crate::shared::ServerRuntime>, String> {
+    if generation.service_named(service).is_none() {
+        return Err(format!("no service named {service:?}"));
+    }
+    generation.server_named(service, server).ok_or_else(|| format!("service {service} has no server named {server:?}"))
+}
+
+/// How many binds before this one in `listening` have the same spelling.
+fn ordinal_of(listening: &[Listening], conf: ListenAddr) -> usize {
+    listening.iter().filter(|l| l.conf == conf).count()
+}
+
+/// Every `bind` of `new` in file order: (service, address as spelled, the bound address of the
+/// old listener it keeps, if any). A listener is kept when the old generation had a bind with
+/// the same spelling (the n-th such spelling matches the n-th), whichever service had it.
+fn plan_listeners(old: &Generation, new: &Config) -> Vec<(usize, ListenAddr, Option<std::net::SocketAddr>)> {
+    let mut seen: Vec<ListenAddr> = Vec::new();
+    let mut out = Vec::new();
+    for (si, svc) in new.services.iter().enumerate() {
+        for bind in &svc.binds {
+            let ordinal = seen.iter().filter(|&&c| c == bind.addr).count();
+            seen.push(bind.addr);
+            let kept = old.listening.iter().filter(|l| l.conf == bind.addr).nth(ordinal).map(|l| l.addr);
+            out.push((si, bind.addr, kept));
+        }
+    }
+    out
+}
