@@ -4,8 +4,8 @@
 
 use env_logger::{Target, WriteStyle};
 use shunt::config::{self, Config};
-use shunt::logsink;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use shunt::{logsink, notify};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +18,8 @@ usage: shunt [-c FILE]          run; FILE defaults to /etc/shunt/shunt.conf
                                 FILE's admin address (changes nothing)
        shunt --version | --help
 
-signals: SIGHUP reloads FILE in place, SIGTERM/SIGINT drain and exit";
+signals: SIGHUP reloads FILE in place, SIGUSR2 upgrades to the binary now at this one's path,
+         SIGTERM/SIGINT drain and exit";
 
 /// The log target of the start-up lines that say where shunt listens.
 const STARTUP: &str = "shunt::startup";
@@ -110,6 +111,14 @@ fn plan(path: &std::path::Path, new: &Config) -> ExitCode {
     }
 }
 
+/// Takes the hand-over socket an old process named in `SHUNT_UPGRADE_FD` and reads what it
+/// handed over.
+fn receive(fd: &str) -> Result<shunt::upgrade::Inherited, String> {
+    let raw: i32 = fd.parse().map_err(|_| format!("{}={fd:?} is not a descriptor", shunt::upgrade::FD_VAR))?;
+    let fd = shunt::inherited_fd(raw).map_err(|e| format!("descriptor {raw}: {e}"))?;
+    shunt::upgrade::receive(fd)
+}
+
 /// How long the log sink gets to write what is queued before the process exits.
 const LOG_FLUSH: Duration = Duration::from_secs(1);
 
@@ -127,6 +136,15 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
+    // An upgrade: the old process named the hand-over socket. Read before anything else, and
+    // taken out of the environment so the next upgrade does not see it.
+    let handed_over = std::env::var(shunt::upgrade::FD_VAR).ok();
+    std::env::remove_var(shunt::upgrade::FD_VAR);
+    // What an upgrade of this process starts: this executable's path as it is now (the new
+    // binary is put there later) and the same arguments.
+    let program = std::env::current_exe()
+        .ok()
+        .map(|exe| shunt::upgrade::Program { exe, args: std::env::args_os().skip(1).collect() });
     let args = match parse_args(std::env::args_os().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
@@ -135,9 +153,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut inherited = match handed_over.map(|fd| receive(&fd)) {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(why)) => {
+            eprintln!("shunt: upgrade: {why}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match load(&args.conf) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(code) => {
+            if let Some(i) = &inherited {
+                i.failed("the configuration file has errors (see the new process's output)");
+            }
+            return code;
+        }
     };
     match args.mode {
         Mode::Check => {
@@ -158,20 +189,30 @@ fn main() -> ExitCode {
     shunt::raise_fd_limit();
 
     // Signals are blocked into an iterator before any thread starts, so none is lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shunt: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
     };
-    let running = match shunt::start(config) {
+    let running = match shunt::runtime::start_with(config, program, inherited.as_mut()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("shunt: {e}");
+            if let Some(i) = &inherited {
+                i.failed(&e.to_string());
+            }
             return ExitCode::from(2);
         }
     };
+    if let Some(i) = inherited {
+        if let Err(e) = i.ready(std::sync::Arc::clone(&running.supervisor)) {
+            log::error!("upgrade: telling the old process this one is ready: {e}");
+        }
+        log::warn!("upgrade: this process (pid {}) serves now", std::process::id());
+    }
+    notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
     for (service, addr) in &running.listening {
         log::info!(target: STARTUP, "service {service} listening on {addr}");
     }
@@ -189,6 +230,14 @@ fn main() -> ExitCode {
                     SIGHUP => {
                         let _ = supervisor.reload();
                     }
+                    // An upgrade waits for the new process: not on this thread, which must stay
+                    // free for a stop signal meanwhile. The outcome is logged by the supervisor.
+                    SIGUSR2 => {
+                        let supervisor = std::sync::Arc::clone(&supervisor);
+                        let _ = std::thread::Builder::new().name("shunt-upgrade".into()).spawn(move || {
+                            let _ = supervisor.upgrade();
+                        });
+                    }
                     _ if draining => {
                         log::warn!("second stop signal: exiting now");
                         logsink::flush(LOG_FLUSH);
@@ -196,6 +245,7 @@ fn main() -> ExitCode {
                     }
                     _ => {
                         draining = true;
+                        notify::send("STOPPING=1");
                         let drain_timeout = supervisor.stats().current().config.drain_timeout;
                         log::info!("stop signal: draining for up to {}s", drain_timeout.as_secs());
                         supervisor.drain(Instant::now() + drain_timeout);

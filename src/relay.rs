@@ -356,6 +356,86 @@ impl Flow {
     }
 }
 
+/// A flow's state as it moves to another process (a binary upgrade): its counts, and the
+/// bytes in flight, as the pipe that holds them or a copy of the buffer's.
+#[derive(Debug)]
+pub struct FlowState {
+    pub delivered: u64,
+    pub src_eof: bool,
+    pub dst_shut: bool,
+    pub bulk: bool,
+    pub held: Held,
+}
+
+/// Where a moving flow's pending bytes are.
+#[derive(Debug)]
+pub enum Held {
+    Nothing,
+    /// The pipe itself moves (its descriptors), with `pending` bytes in it.
+    Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        pending: usize,
+    },
+    /// The copy path's pending bytes (at most one buffer's).
+    Bytes(Vec<u8>),
+}
+
+impl Flow {
+    /// Takes the flow apart for a move to another process; its channel leaves the pool.
+    pub fn export(&mut self, pools: &mut Pools) -> FlowState {
+        let held = match self.chan.take() {
+            None => Held::Nothing,
+            Some(Channel::Pipe(p)) => {
+                pools.pipes_lent -= 1;
+                Held::Pipe { read: p.read, write: p.write, pending: self.pending }
+            }
+            Some(Channel::Buf(b)) => {
+                let bytes = b.data[b.start..b.end].to_vec();
+                pools.give(Channel::Buf(b));
+                Held::Bytes(bytes)
+            }
+        };
+        self.pending = 0;
+        FlowState { delivered: self.delivered, src_eof: self.src_eof, dst_shut: self.dst_shut, bulk: self.bulk, held }
+    }
+
+    /// A flow that moved in from another process: its pipe joins this worker's lent pipes, or
+    /// its bytes fill one of this worker's buffers.
+    pub fn import(state: FlowState, pools: &mut Pools) -> io::Result<Flow> {
+        let (chan, pending) = match state.held {
+            Held::Nothing => (None, 0),
+            Held::Pipe { read, write, pending } => {
+                let capacity = sys::pipe_size(write.as_fd())?;
+                if pending > capacity {
+                    return Err(io::Error::other(format!("{pending} bytes pending in a pipe of {capacity}")));
+                }
+                pools.pipes_lent += 1;
+                (Some(Channel::Pipe(Pipe { read, write, capacity })), pending)
+            }
+            Held::Bytes(bytes) if bytes.len() > BUF_SIZE => {
+                return Err(io::Error::other(format!("{} pending bytes exceed a buffer", bytes.len())));
+            }
+            Held::Bytes(bytes) if bytes.is_empty() => (None, 0),
+            Held::Bytes(bytes) => {
+                let Channel::Buf(mut b) = pools.take(false) else { unreachable!("take(false) gives a buffer") };
+                b.data[..bytes.len()].copy_from_slice(&bytes);
+                (b.start, b.end) = (0, bytes.len());
+                (Some(Channel::Buf(b)), bytes.len())
+            }
+        };
+        Ok(Flow {
+            chan,
+            pending,
+            src_eof: state.src_eof,
+            dst_shut: state.dst_shut,
+            delivered: state.delivered,
+            yielded: false,
+            bulk: state.bulk,
+        })
+    }
+}
+
 /// Reads into the channel: `(bytes read, bytes asked for)`.
 fn fill(chan: &mut Channel, src: BorrowedFd<'_>, pending: usize) -> io::Result<(usize, usize)> {
     match chan {

@@ -8,8 +8,9 @@ use crate::config::{Config, ListenAddr};
 use crate::health::{self, WorkerLink};
 use crate::net;
 use crate::shared::{HealthMsg, Listening, Stats};
-use crate::supervisor::Supervisor;
-use crate::worker::{Worker, WorkerSetup};
+use crate::supervisor::{Parts, Supervisor};
+use crate::upgrade::{Inherited, Program};
+use crate::worker::{Worker, WorkerListener, WorkerSetup};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 use std::io;
@@ -31,11 +32,23 @@ pub struct Running {
     workers: usize,
     health: health::HealthLink,
     health_thread: Option<JoinHandle<()>>,
-    admin: Option<crate::admin::AdminHandle>,
+    /// Shared with the supervisor, which stops the endpoint when an upgrade hands it over.
+    admin: Arc<std::sync::Mutex<Option<crate::admin::AdminHandle>>>,
 }
 
 /// Binds everything and starts the threads.
 pub fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, None, None)
+}
+
+/// [`start`] for the `shunt` program: `program` is how an upgrade starts the next binary, and
+/// `inherited` what an old process handed over (its listening sockets are used instead of
+/// binding, so their accept queues carry on; its servers' states are taken).
+pub fn start_with(
+    config: Config,
+    program: Option<Program>,
+    mut inherited: Option<&mut Inherited>,
+) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let workers = config.workers.max(1);
     let budget = descriptor_budget(&config, workers);
@@ -43,18 +56,31 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     stats.descriptor_cap = budget.max_conns;
     stats.max_conns.store(budget.max_conns.min(config.max_conns), Relaxed);
 
-    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut copies = Vec::new();
     let mut generation = crate::shared::Generation::build(Arc::clone(&config), None, workers);
     let mut listening = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
         for b in &svc.binds {
-            let (addr, sockets) = bind::bind_for_workers(&svc.name, b.addr, workers)?;
+            let ordinal = generation.listening.iter().filter(|l| l.conf == b.addr).count();
+            let handed = inherited.as_deref_mut().and_then(|i| i.take_bind(b.addr, ordinal));
+            let (addr, sockets) = match handed {
+                Some((addr, sockets)) => (addr, top_up(&svc.name, b.addr, addr, sockets, workers)?),
+                None => bind::bind_for_workers(&svc.name, b.addr, workers)?,
+            };
             listening.push((svc.name.clone(), addr));
-            generation.listening.push(Listening { service: si, conf: b.addr, addr });
-            for (list, socket) in per_worker.iter_mut().zip(sockets) {
-                list.push((si, socket));
+            let at = Listening { service: si, conf: b.addr, addr };
+            generation.listening.push(at);
+            copies.push((at, sockets.iter().filter_map(|s| s.try_clone().ok()).collect()));
+            // Worker k takes socket k; sockets from an old process with more workers go to
+            // the workers in turn, so every inherited accept queue is served.
+            for (k, socket) in sockets.into_iter().enumerate() {
+                per_worker[k % workers].push(WorkerListener { service: si, conf: b.addr, ordinal, socket });
             }
         }
+    }
+    if let Some(i) = inherited.as_deref() {
+        i.apply_states(&generation);
     }
     let generation = Arc::new(generation);
     stats.publish(Arc::clone(&generation));
@@ -62,16 +88,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     // The admin listener and token are checked before any thread starts, so every start-up
     // failure leaves nothing running.
-    let admin =
-        match config.admin {
-            None => None,
-            Some(addr) => {
-                let listener = net::bind_listener(&ListenAddr::Addr(addr), false).map_err(|error| {
-                    StartError::Bind { owner: "the admin endpoint".into(), addr: ListenAddr::Addr(addr), error }
-                })?;
-                Some(listener)
-            }
-        };
+    let admin = match config.admin {
+        None => None,
+        Some(addr) => match inherited.and_then(|i| i.take_admin(addr)) {
+            Some(listener) => Some(listener),
+            None => Some(net::bind_listener(&ListenAddr::Addr(addr), false).map_err(|error| StartError::Bind {
+                owner: "the admin endpoint".into(),
+                addr: ListenAddr::Addr(addr),
+                error,
+            })?),
+        },
+    };
+    let admin_copy = admin.as_ref().and_then(|a| a.try_clone().ok());
     let token = config.admin_token.as_deref().map(bind::read_token).transpose()?;
 
     let io_err = |what| move |error| StartError::Io { what, error };
@@ -101,7 +129,19 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         links.push(link);
     }
     let health_handle = health_thread.spawn(links.clone()).map_err(io_err("health thread"))?;
-    let supervisor = Arc::new(Supervisor::new(Arc::clone(&stats), links, health_link.clone(), token));
+    // The admin thread needs the supervisor, which must be able to stop it (an upgrade hands
+    // the endpoint over): the handle waits in a cell both reach.
+    let admin_handle: Arc<std::sync::Mutex<Option<crate::admin::AdminHandle>>> = Arc::default();
+    let retire = {
+        let handle = Arc::clone(&admin_handle);
+        Box::new(move || {
+            if let Some(h) = handle.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                h.signal_stop();
+            }
+        }) as Box<dyn FnOnce() + Send>
+    };
+    let parts = Parts { token, listeners: copies, admin: admin_copy, program, retire: Some(retire) };
+    let supervisor = Arc::new(Supervisor::new(Arc::clone(&stats), links, health_link.clone(), parts));
     let mut running = Running {
         stats: Arc::clone(&stats),
         supervisor: Arc::clone(&supervisor),
@@ -111,14 +151,39 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         workers,
         health: health_link,
         health_thread: Some(health_handle),
-        admin: None,
+        admin: admin_handle,
     };
     if let Some(listener) = admin {
         running.admin_addr = listener.local_addr().ok();
         let ctx = crate::admin::Context { supervisor };
-        running.admin = Some(crate::admin::spawn(listener, ctx).map_err(io_err("admin thread"))?);
+        let handle = crate::admin::spawn(listener, ctx).map_err(io_err("admin thread"))?;
+        *running.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
     Ok(running)
+}
+
+/// Adds sockets bound to `addr` (the address an old process handed over) until every worker
+/// has one.
+fn top_up(
+    service: &str,
+    conf: ListenAddr,
+    addr: SocketAddr,
+    mut sockets: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let resolved = match conf {
+        ListenAddr::Any(_) => ListenAddr::Any(addr.port()),
+        ListenAddr::Addr(_) => ListenAddr::Addr(addr),
+    };
+    while sockets.len() < workers {
+        let socket = net::bind_listener(&resolved, true).map_err(|error| StartError::Bind {
+            owner: format!("service {service}"),
+            addr: resolved,
+            error,
+        })?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 /// Reports a worker thread's end to `Running::wait`, also when it ends by a panic (a test
@@ -212,8 +277,11 @@ impl Running {
                 Err(_) => return Err(io::Error::other("every worker thread is gone")),
             }
         }
+        // Workers end at once when an upgrade took all their sessions; the hand-over itself
+        // (sending them) must finish before the process may exit.
+        self.supervisor.wait_idle();
         self.health.send(HealthMsg::Stop);
-        if let Some(mut admin) = self.admin.take() {
+        if let Some(mut admin) = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
             admin.stop();
         }
         if let Some(h) = self.health_thread.take() {

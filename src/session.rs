@@ -10,7 +10,7 @@
 
 use crate::config::{Service, Splice, Timeouts};
 use crate::logs::Cause;
-use crate::relay::{Flow, FlowError, Pools, Ready};
+use crate::relay::{Flow, FlowError, FlowState, Pools, Ready};
 use crate::shared::{ServerId, ServerRuntime, ServiceRuntime};
 use crate::sys;
 use crate::token::Side;
@@ -334,6 +334,88 @@ impl Session {
         }
         self.up.abandon(pools);
         self.down.abandon(pools);
+    }
+}
+
+/// A session as it moves to another process in a binary upgrade: both sockets, the bytes in
+/// flight (see `FlowState`), and what the session needs to go on where it stopped. Times are
+/// ages, since an `Instant` means nothing in another process.
+#[derive(Debug)]
+pub struct Moving {
+    pub client: std::net::TcpStream,
+    pub backend: std::net::TcpStream,
+    pub client_addr: SocketAddr,
+    pub service: String,
+    pub server: String,
+    pub server_addr: SocketAddr,
+    /// Since it started.
+    pub age: Duration,
+    /// Since a byte last moved.
+    pub idle: Duration,
+    pub connect_time: Option<Duration>,
+    pub settings: Settings,
+    pub up: FlowState,
+    pub down: FlowState,
+}
+
+impl Session {
+    /// Only a streaming session moves; one that is connecting or aborting finishes where it is.
+    pub fn can_move(&self) -> bool {
+        self.phase == Phase::Streaming && !self.closed && self.backend.is_some()
+    }
+
+    /// Takes a streaming session apart to move it. The caller has deregistered its sockets and
+    /// given back its connection slots; nothing is closed.
+    pub fn export(mut self, now: Instant, pools: &mut Pools) -> Moving {
+        let backend = self.backend.take().expect("invariant: streaming sessions have a backend");
+        let server = self.server.take().expect("invariant: streaming sessions have a server");
+        Moving {
+            client: self.client.into(),
+            backend: backend.into(),
+            client_addr: self.client_addr,
+            service: self.service.name.clone(),
+            server: server.name.clone(),
+            server_addr: server.addr,
+            age: now.saturating_duration_since(self.started),
+            idle: now.saturating_duration_since(self.last_active),
+            connect_time: self.connect_time,
+            settings: self.settings,
+            up: self.up.export(pools),
+            down: self.down.export(pools),
+        }
+    }
+
+    /// A session that moved in, streaming again under `service` and `server` (whose slots the
+    /// caller took). Every readiness flag starts set: whatever arrived during the move is
+    /// read, and a socket with nothing says so with WouldBlock.
+    pub fn import(
+        m: Moving,
+        id: u64,
+        service: Arc<ServiceRuntime>,
+        server: Arc<ServerRuntime>,
+        now: Instant,
+        pools: &mut Pools,
+    ) -> std::io::Result<Session> {
+        m.client.set_nonblocking(true)?;
+        m.backend.set_nonblocking(true)?;
+        let mut session = Session::new(id, service, TcpStream::from_std(m.client), m.client_addr, m.settings, now);
+        session.backend = Some(TcpStream::from_std(m.backend));
+        session.server = Some(server);
+        session.phase = Phase::Streaming;
+        session.client_ready = Ready { readable: true, writable: true, closed: false };
+        session.backend_ready = Ready { readable: true, writable: true, closed: false };
+        session.started = now.checked_sub(m.age).unwrap_or(now);
+        session.last_active = now.checked_sub(m.idle).unwrap_or(now);
+        session.connect_time = m.connect_time;
+        session.up = Flow::import(m.up, pools)?;
+        session.down = match Flow::import(m.down, pools) {
+            Ok(flow) => flow,
+            Err(e) => {
+                session.up.abandon(pools);
+                return Err(e);
+            }
+        };
+        Ok(session)
     }
 }
 

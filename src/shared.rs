@@ -109,6 +109,21 @@ impl ServerRuntime {
         rt
     }
 
+    /// A server no generation has: what a session that moved in from an old process holds
+    /// when this configuration no longer has its server. It finishes there, unseen by metrics.
+    pub(crate) fn detached(name: &str, addr: SocketAddr, workers: usize) -> ServerRuntime {
+        let conf = crate::config::Server {
+            name: name.to_string(),
+            addr,
+            weight: 0,
+            backup: false,
+            disabled: false,
+            maxconn: None,
+            line: 0,
+        };
+        ServerRuntime::new(&conf, workers)
+    }
+
     pub fn admin(&self) -> AdminState {
         AdminState::from_u8(self.admin.load(Relaxed))
     }
@@ -328,6 +343,11 @@ pub enum WorkerMsg {
     /// A reload was taken: new sessions come from `generation`; listeners are as listed (in
     /// the generation's order), and any other this worker holds closes.
     Reload { generation: Arc<Generation>, listeners: Vec<ListenerChange> },
+    /// An upgrade: stop accepting, send every session that can move, drain the rest until
+    /// `deadline`.
+    HandOver { deadline: Instant, sessions: crossbeam_channel::Sender<Vec<crate::session::Moving>> },
+    /// Sessions moved in from the old process.
+    Adopt(Vec<crate::session::Moving>),
 }
 
 /// One listener of a worker after a reload: the one it holds for `conf` (the `ordinal`-th of

@@ -14,11 +14,13 @@ use crate::bind::{self, StartError};
 use crate::config::{self, Config, ConfigError, ListenAddr};
 use crate::health::{HealthLink, WorkerLink};
 use crate::plan::Plan;
+use crate::session::Moving;
 use crate::shared::{AdminState, Generation, HealthMsg, ListenerChange, Listening, Stats, WorkerMsg};
+use crate::upgrade::{Program, Upgraded};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why a reload was not taken. The running configuration stays in every case.
 #[derive(Debug)]
@@ -64,26 +66,52 @@ pub struct ReloadStats {
     pub last_ok_unix: AtomicU64,
 }
 
+/// Copies (dups) of every listening socket the workers hold, one per worker for each bind of
+/// the generation in force, in its order: what an upgrade hands over.
+pub type ListenerCopies = Vec<(Listening, Vec<TcpListener>)>;
+
+/// What `Supervisor::new` needs besides the threads' links.
+pub struct Parts {
+    pub token: Option<Vec<u8>>,
+    pub listeners: ListenerCopies,
+    pub admin: Option<TcpListener>,
+    /// How to start a new binary (`None`: upgrades are not possible, e.g. in-process tests).
+    pub program: Option<Program>,
+    /// Stops this process's admin endpoint once an upgrade handed it over.
+    pub retire: Option<Box<dyn FnOnce() + Send>>,
+}
+
 pub struct Supervisor {
     stats: Arc<Stats>,
     workers: Vec<WorkerLink>,
     health: HealthLink,
     /// The bearer token admin POSTs need (re-read at each reload).
     token: RwLock<Option<Vec<u8>>>,
+    listeners: Mutex<ListenerCopies>,
+    admin: Option<TcpListener>,
+    program: Option<Program>,
+    retire: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     pub reloads: ReloadStats,
-    /// One change at a time: a second reload waits for the first.
+    /// One change at a time: a second reload (or an upgrade) waits for the first.
     changing: Mutex<()>,
+    /// Where the next adopted batch of sessions goes (round robin over the workers).
+    next_adopter: AtomicU64,
 }
 
 impl Supervisor {
-    pub fn new(stats: Arc<Stats>, workers: Vec<WorkerLink>, health: HealthLink, token: Option<Vec<u8>>) -> Supervisor {
+    pub fn new(stats: Arc<Stats>, workers: Vec<WorkerLink>, health: HealthLink, parts: Parts) -> Supervisor {
         Supervisor {
             stats,
             workers,
             health,
-            token: RwLock::new(token),
+            token: RwLock::new(parts.token),
+            listeners: Mutex::new(parts.listeners),
+            admin: parts.admin,
+            program: parts.program,
+            retire: Mutex::new(parts.retire),
             reloads: ReloadStats::default(),
             changing: Mutex::new(()),
+            next_adopter: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +128,7 @@ impl Supervisor {
     /// says why. Logs the outcome either way.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        crate::notify::reloading();
         let old = self.stats.current();
         let result =
             config::load(&old.config.path).map_err(ReloadError::Config).and_then(|config| self.take(&old, config));
@@ -118,6 +147,7 @@ impl Supervisor {
                 log::error!("reload: {} rejected, the running configuration stays:\n{e}", old.config.path.display());
             }
         }
+        crate::notify::send("READY=1");
         result
     }
 
@@ -146,24 +176,30 @@ impl Supervisor {
         config.log_level = old.config.log_level;
         let mut generation = Generation::build(Arc::new(config), Some(old), workers);
         let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut copies = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old_copies = std::mem::take(&mut *copies);
         for ((service, conf, kept), bound) in plan.into_iter().zip(fresh) {
             let ordinal = ordinal_of(&generation.listening, conf);
-            let addr = match (kept, bound) {
+            let (addr, dups) = match (kept, bound) {
                 (Some(addr), _) => {
                     for list in per_worker.iter_mut() {
                         list.push(ListenerChange { service, conf, ordinal, new: None });
                     }
-                    addr
+                    let was = old_copies.iter().position(|(l, _)| l.conf == conf && l.addr == addr);
+                    (addr, was.map(|i| old_copies.swap_remove(i).1).unwrap_or_default())
                 }
                 (None, Some((addr, sockets))) => {
+                    let dups = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
                     for (list, socket) in per_worker.iter_mut().zip(sockets) {
                         list.push(ListenerChange { service, conf, ordinal, new: Some(socket) });
                     }
-                    addr
+                    (addr, dups)
                 }
                 (None, None) => unreachable!("a listener is kept or bound"),
             };
-            generation.listening.push(Listening { service, conf, addr });
+            let listening = Listening { service, conf, addr };
+            generation.listening.push(listening);
+            copies.push((listening, dups));
         }
         let generation = Arc::new(generation);
         let number = generation.number;
@@ -184,6 +220,83 @@ impl Supervisor {
         let old = self.stats.current();
         let new = config::load(&old.config.path).map_err(ReloadError::Config)?;
         Ok(crate::plan::diff(&old.config, &new, &LiveNow(&old)))
+    }
+
+    /// Starts the executable at this process's path and hands it everything (see `upgrade`).
+    /// On `Err` this process goes on serving as before.
+    pub fn upgrade(&self) -> Result<Upgraded, String> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(program) = &self.program else {
+            return Err("this shunt was not started as a program: nothing to upgrade to".into());
+        };
+        log::warn!("upgrade: starting {}", program.exe.display());
+        let result = crate::upgrade::hand_over(self, program);
+        match &result {
+            Ok(u) => log::warn!(
+                "upgrade: pid {} took over {} listener(s) and {} established session(s); the rest finish here",
+                u.pid,
+                u.listeners,
+                u.sessions_moved
+            ),
+            Err(why) => log::error!("upgrade failed, this process keeps serving: {why}"),
+        }
+        result
+    }
+
+    /// Waits until no reload or upgrade is under way (the process must not exit in the middle
+    /// of handing its sessions over).
+    pub fn wait_idle(&self) {
+        drop(self.changing.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The listening sockets an upgrade hands over.
+    pub(crate) fn listener_copies(&self) -> MutexGuard<'_, ListenerCopies> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn admin_copy(&self) -> Option<&TcpListener> {
+        self.admin.as_ref()
+    }
+
+    /// Every worker stops accepting and gives up its sessions that can move; the rest finish
+    /// here within `drain_timeout`.
+    pub(crate) fn hand_over_sessions(&self) -> Vec<Moving> {
+        let deadline = Instant::now() + self.stats.current().config.drain_timeout;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            w.send(WorkerMsg::HandOver { deadline, sessions: tx.clone() });
+        }
+        drop(tx);
+        let mut all = Vec::new();
+        for _ in &self.workers {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(batch) => all.extend(batch),
+                Err(_) => break,
+            }
+        }
+        all
+    }
+
+    /// This process no longer serves: its admin endpoint stops (the new process's answers).
+    pub(crate) fn retire(&self) {
+        if let Some(stop) = self.retire.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            stop();
+        }
+    }
+
+    /// Sessions moved in from the old process, spread over the workers.
+    pub(crate) fn adopt(&self, sessions: Vec<Moving>) {
+        let n = self.workers.len().max(1);
+        let first = self.next_adopter.fetch_add(1, Relaxed) as usize;
+        let mut per_worker: Vec<Vec<Moving>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, s) in sessions.into_iter().enumerate() {
+            per_worker[(first + i) % n].push(s);
+        }
+        for (w, batch) in self.workers.iter().zip(per_worker) {
+            if !batch.is_empty() {
+                w.send(WorkerMsg::Adopt(batch));
+            }
+        }
     }
 
     /// Stop accepting now; live sessions get until `deadline`.

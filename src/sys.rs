@@ -109,3 +109,133 @@ pub fn raise_fd_limit() -> Option<usize> {
     }
     fd_limit()
 }
+
+/// The capacity of a pipe (`F_GETPIPE_SZ`).
+pub(crate) fn pipe_size(pipe: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: fcntl on a descriptor the caller keeps open for the call; no memory is passed.
+    let n = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    cvt(n as isize)
+}
+
+/// Lets `fd` survive an `exec` (clears `FD_CLOEXEC`): how the upgrade socket reaches the new
+/// process.
+pub(crate) fn keep_across_exec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl(F_SETFD) on a descriptor the caller keeps open; no memory is passed.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+    cvt(rc as isize).map(|_| ())
+}
+
+/// The most descriptors one message carries (the kernel's `SCM_MAX_FD` is 253).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Sends all of `bytes` on a Unix stream socket, with `fds` attached to its first byte
+/// (`SCM_RIGHTS`, unix(7)): the receiver gets its own descriptors for the same open files.
+pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "too many descriptors for one message");
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)]; // u64s: cmsghdr alignment
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let mut iov =
+            libc::iovec { iov_base: bytes[sent..].as_ptr() as *mut libc::c_void, iov_len: bytes.len() - sent };
+        // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below points into
+        // memory (`iov`, `control`) that outlives the sendmsg call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if sent == 0 && !raw.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: `control` holds CMSG_SPACE(payload) bytes, so the first header and its
+            // data (`raw`, `payload` bytes) fit; CMSG_FIRSTHDR/CMSG_DATA point inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+                std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), payload as usize);
+            }
+        }
+        // SAFETY: `msg` is fully initialised above and refers to live buffers.
+        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match cvt(n) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes from a Unix stream socket and the descriptors attached to
+/// them (close-on-exec). `(0, [])` at EOF.
+pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let payload = (MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>()) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: as in `send_with_fds`; the kernel writes at most `iov_len` bytes into `buf` and
+    // `msg_controllen` bytes into `control`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers of the sizes it states.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match cvt(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // headers; CMSG_FIRSTHDR/CMSG_NXTHDR walk them and stop at the end. Each SCM_RIGHTS
+    // descriptor is new in this process and owned by nobody else, so OwnedFd may close it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors were lost: the control buffer was too small"));
+    }
+    Ok((n, fds))
+}
+
+/// The monotonic clock, as `CLOCK_MONOTONIC` (what systemd's `MONOTONIC_USEC` is read against).
+pub(crate) fn monotonic_now(ts: &mut libc::timespec) -> io::Result<()> {
+    // SAFETY: clock_gettime writes one timespec we borrow mutably.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) };
+    cvt(rc as isize).map(|_| ())
+}
+
+/// Takes ownership of a descriptor this process inherited and was told the number of (the
+/// upgrade socket named by `SHUNT_UPGRADE_FD`). Refuses stdio and descriptors that are not
+/// open.
+pub fn inherited_fd(raw: i32) -> io::Result<OwnedFd> {
+    if raw <= 2 {
+        return Err(io::Error::other(format!("descriptor {raw} is stdio, not an upgrade socket")));
+    }
+    // SAFETY: fcntl(F_GETFD) only asks whether `raw` is open; no memory is passed.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is open (checked above), was inherited for this purpose, and nothing else in
+    // this process refers to it: OwnedFd becomes its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}

@@ -54,6 +54,13 @@ pub struct AdminHandle {
 }
 
 impl AdminHandle {
+    /// Asks the thread to stop after the request it is answering, without waiting for it (the
+    /// caller may be that very thread: `POST /upgrade`).
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+    }
+
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.waker.wake();

@@ -121,7 +121,7 @@ pub fn route(ctx: &Context, req: &Request<'_>) -> Response {
         },
         "/upgrade" => match authorize(ctx, req) {
             Err(r) => r,
-            Ok(()) => Response::text(501, "upgrade is not implemented yet"),
+            Ok(()) => upgrade(ctx),
         },
         path => match path.strip_prefix("/servers/").map(|rest| rest.split('/').collect::<Vec<_>>()) {
             Some(parts) if parts.len() == 3 || (parts.len() == 4 && parts[2] == "weight") => {
@@ -154,6 +154,30 @@ fn reload(ctx: &Context) -> Response {
         }
         Err(e @ ReloadError::Config(_)) => Response::text(400, format!("{e}\nthe running configuration stays")),
         Err(e @ ReloadError::Start(_)) => Response::text(500, format!("{e}\nthe running configuration stays")),
+    }
+}
+
+/// `POST /upgrade`: the same as SIGUSR2. The upgrade runs on a thread of its own (it stops
+/// this endpoint when it hands it over); this request waits for its outcome.
+fn upgrade(ctx: &Context) -> Response {
+    let supervisor = Arc::clone(&ctx.supervisor);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new().name("shunt-upgrade".into()).spawn(move || {
+        let _ = tx.send(supervisor.upgrade());
+    });
+    if let Err(e) = spawned {
+        return Response::text(500, format!("cannot start the upgrade: {e}"));
+    }
+    match rx.recv() {
+        Ok(Ok(u)) => Response::text(
+            200,
+            format!(
+                "upgraded: pid {} took over {} listener(s) and {} established session(s)",
+                u.pid, u.listeners, u.sessions_moved
+            ),
+        ),
+        Ok(Err(why)) => Response::text(500, format!("upgrade failed, this process keeps serving: {why}")),
+        Err(_) => Response::text(500, "the upgrade thread ended without an outcome"),
     }
 }
 

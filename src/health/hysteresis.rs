@@ -24,6 +24,12 @@ impl Default for Hysteresis {
 }
 
 impl Hysteresis {
+    /// A server already judged down (one handed over by an upgrade): it needs `rise`
+    /// successes to come up.
+    pub fn down() -> Hysteresis {
+        Hysteresis { up: false, judged: true, ok_run: 0, fail_run: 0 }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }
@@ -84,6 +90,15 @@ mod tests {
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), Some(false));
         assert_eq!(h.record(false, 2, 3), None, "edges only, no repeats");
+    }
+
+    #[test]
+    fn a_server_handed_over_down_needs_rise_successes() {
+        let mut h = Hysteresis::down();
+        assert!(!h.is_up());
+        assert_eq!(h.record(false, 2, 3), None, "no edge: already down");
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), Some(true));
     }
 
     #[test]

@@ -136,7 +136,12 @@ impl HealthThread {
                 check: svc.check.clone(),
                 addr,
                 label: format!("{}/{}", svc.name, server.name),
-                health: kept.map_or_else(Hysteresis::default, |t| t.health.clone()),
+                health: match kept {
+                    Some(t) => t.health.clone(),
+                    // A server handed over down by an upgrade stays down until it rises.
+                    None if !server.up.load(std::sync::atomic::Ordering::Relaxed) => Hysteresis::down(),
+                    None => Hysteresis::default(),
+                },
                 admin: server.admin(),
                 next_due: kept.map_or(now, |t| t.next_due),
                 probe: None,

@@ -12,6 +12,7 @@
 
 mod accept;
 mod connect;
+mod moving;
 mod pool;
 
 use crate::config::ListenAddr;
@@ -79,13 +80,22 @@ impl Fault {
     }
 }
 
+/// A listening socket a worker starts with.
+pub struct WorkerListener {
+    /// Its service's position in the generation.
+    pub service: usize,
+    /// The bind it serves: its spelling and the ordinal among binds spelled the same.
+    pub conf: ListenAddr,
+    pub ordinal: usize,
+    pub socket: std::net::TcpListener,
+}
+
 /// Everything a worker needs before its thread starts.
 pub struct WorkerSetup {
     pub index: usize,
     pub poll: Poll,
     pub rx: Receiver<WorkerMsg>,
-    /// (service index in `generation`, bound listener).
-    pub listeners: Vec<(usize, std::net::TcpListener)>,
+    pub listeners: Vec<WorkerListener>,
     pub generation: Arc<Generation>,
     /// Pipes the worker may hold at once (its share of the descriptor budget).
     pub pipe_budget: usize,
@@ -127,12 +137,11 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup, stats: Arc<Stats>, health: HealthLink) -> io::Result<Worker> {
         let mut listeners = Vec::new();
-        // `setup.listeners` are in the order of the generation's binds.
-        for (i, ((pool, l), bound)) in setup.listeners.into_iter().zip(&setup.generation.listening).enumerate() {
-            let mut socket = TcpListener::from_std(l);
+        for (i, l) in setup.listeners.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(l.socket);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
-            let ordinal = setup.generation.listening[..i].iter().filter(|b| b.conf == bound.conf).count();
-            listeners.push(Listener { pool, conf: bound.conf, ordinal, socket, ready: true, full_since: None });
+            let (pool, conf, ordinal) = (l.service, l.conf, l.ordinal);
+            listeners.push(Listener { pool, conf, ordinal, socket, ready: true, full_since: None });
         }
         Ok(Worker {
             index: setup.index,
@@ -259,6 +268,11 @@ impl Worker {
                 }
                 WorkerMsg::Drain { deadline } => self.start_drain(deadline, now),
                 WorkerMsg::Reload { generation, listeners } => self.reload(generation, listeners),
+                WorkerMsg::HandOver { deadline, sessions } => {
+                    let moving = self.hand_over(deadline, now);
+                    let _ = sessions.send(moving);
+                }
+                WorkerMsg::Adopt(moved) => self.adopt(moved, now),
             }
         }
     }
@@ -277,32 +291,39 @@ impl Worker {
             return; // draining: listeners stay closed, new sockets close with `changes`
         }
         let mut old = std::mem::take(&mut self.listeners);
-        for (i, change) in changes.into_iter().enumerate() {
-            let tok = token::listener(i);
-            let kept = old.iter().position(|l| l.conf == change.conf && l.ordinal == change.ordinal);
-            let registered = match (change.new, kept) {
-                (Some(socket), _) => {
-                    let mut socket = TcpListener::from_std(socket);
-                    self.poll.registry().register(&mut socket, tok, Interest::READABLE).map(|()| socket)
+        for change in changes {
+            // A bind may have several sockets here (inherited from an old process that had
+            // more workers): every one is kept.
+            let mut sockets: Vec<(TcpListener, bool)> = Vec::new();
+            match change.new {
+                Some(socket) => sockets.push((TcpListener::from_std(socket), true)),
+                None => {
+                    while let Some(k) = old.iter().position(|l| l.conf == change.conf && l.ordinal == change.ordinal) {
+                        sockets.push((old.swap_remove(k).socket, false));
+                    }
                 }
-                (None, Some(k)) => {
-                    let mut socket = old.swap_remove(k).socket;
-                    self.poll.registry().reregister(&mut socket, tok, Interest::READABLE).map(|()| socket)
-                }
-                (None, None) => continue,
-            };
-            match registered {
-                // Ready until an accept says otherwise: a kept socket may hold a backlog.
-                Ok(socket) => self.listeners.push(Listener {
-                    pool: change.service,
-                    conf: change.conf,
-                    ordinal: change.ordinal,
-                    socket,
-                    ready: true,
-                    full_since: None,
-                }),
-                Err(e) => {
-                    logs::limited_warn("register", format_args!("reload: register listener {}: {e}", change.conf))
+            }
+            for (mut socket, fresh) in sockets {
+                let tok = token::listener(self.listeners.len());
+                let registry = self.poll.registry();
+                let registered = if fresh {
+                    registry.register(&mut socket, tok, Interest::READABLE)
+                } else {
+                    registry.reregister(&mut socket, tok, Interest::READABLE)
+                };
+                match registered {
+                    // Ready until an accept says otherwise: a kept socket may hold a backlog.
+                    Ok(()) => self.listeners.push(Listener {
+                        pool: change.service,
+                        conf: change.conf,
+                        ordinal: change.ordinal,
+                        socket,
+                        ready: true,
+                        full_since: None,
+                    }),
+                    Err(e) => {
+                        logs::limited_warn("register", format_args!("reload: register listener {}: {e}", change.conf))
+                    }
                 }
             }
         }
