@@ -42,3 +42,8 @@ fn probe_reply_corpus_replays_clean() {
 fn admin_request_corpus_replays_clean() {
     replay("admin_request", checks::admin_request);
 }
+
+#[test]
+fn upgrade_frame_corpus_replays_clean() {
+    replay("upgrade_frame", checks::upgrade_frame);
+}

@@ -103,3 +103,11 @@ pub fn admin_request(data: &[u8]) {
         }
     }
 }
+
+/// A binary-upgrade hand-over frame (`shunt::upgrade::wire`): the first byte is the frame kind,
+/// the second the number of descriptors that came with it, the rest the payload. Decoding never
+/// panics or allocates beyond what the payload could hold, and what decodes round-trips.
+pub fn upgrade_frame(data: &[u8]) {
+    let [kind, fds, payload @ ..] = data else { return };
+    let _ = shunt::upgrade::wire::check(*kind, payload, usize::from(*fds));
+}
