@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::topo::{run_in, server_addr, spawn_in, Topo, LB_IP};
+use common::topo::{server_addr, Topo, LB_IP};
 use common::*;
 use socket2::{Domain, SockRef, Socket, Type};
 use std::collections::{BTreeMap, HashMap};
