@@ -19,8 +19,10 @@
 //!   with examples/test_peer.rs);
 //! - [`netns`]: network namespaces and threads inside them;
 //!
-//! and, used by name: [`inproc`] (the balancer as a library in the test's process) and [`topo`]
-//! (client, balancer and servers in namespaces joined by veth).
+//! and, used by name: [`inproc`] (the balancer as a library in the test's process), [`topo`]
+//! (client, balancer and servers in namespaces joined by veth) and [`lab`] (the fault lab built
+//! on it: clients that check every byte, shunt's view, and the invariants every fault test
+//! ends with).
 //!
 //! Each test binary uses only part of it (and of the re-exports), hence the `allow` below.
 #![allow(dead_code, unused_imports)]
@@ -31,6 +33,7 @@ pub mod bytes;
 pub mod clients;
 pub mod http;
 pub mod inproc;
+pub mod lab;
 pub mod logs;
 pub mod netns;
 pub mod nginx;
