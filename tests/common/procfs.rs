@@ -15,19 +15,28 @@ pub fn fd_count(pid: u32) -> usize {
 }
 
 /// Open descriptors of `pid` by kind: (sockets, pipes, everything else); zeros once it is gone.
+/// A descriptor closed between the listing and its readlink is not counted: it is not open.
 pub fn fd_kinds(pid: u32) -> (usize, usize, usize) {
     let (mut sockets, mut pipes, mut other) = (0, 0, 0);
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (0, 0, 0);
-    };
-    for fd in dir.flatten() {
-        match fs::read_link(fd.path()) {
-            Ok(t) if t.to_string_lossy().starts_with("socket:") => sockets += 1,
-            Ok(t) if t.to_string_lossy().starts_with("pipe:") => pipes += 1,
-            _ => other += 1,
+    for t in fd_targets(pid) {
+        if t.starts_with("socket:") {
+            sockets += 1;
+        } else if t.starts_with("pipe:") {
+            pipes += 1;
+        } else {
+            other += 1;
         }
     }
     (sockets, pipes, other)
+}
+
+/// What each open descriptor of `pid` refers to (`socket:[N]`, `pipe:[N]`, a path,
+/// `anon_inode:[eventpoll]`...); empty once it is gone.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten().filter_map(|fd| fs::read_link(fd.path()).ok()).map(|t| t.to_string_lossy().into_owned()).collect()
 }
 
 /// VmRSS of `pid` in KiB.
