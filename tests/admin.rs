@@ -1,69 +1,49 @@
 //! The admin endpoint, in-process: exact counters, Prometheus output checked by promtool,
 //! runtime drain/disable/enable, /healthz, the bearer token, and hostile clients.
 
-mod support;
+mod common;
 
+use common::inproc::*;
+use common::*;
 use shunt::config::{Check, CheckKind};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use support::*;
 
-/// Starts shunt with the admin endpoint on a free loopback port.
-fn start_with_admin(mut c: shunt::config::Config, token: Option<&str>) -> (shunt::Running, SocketAddr, SocketAddr) {
+const T: Duration = Duration::from_secs(10);
+/// The admin endpoint's read deadline (src/admin/mod.rs): a client that has not sent a whole
+/// request by then is cut off, and does not move the deadline by dribbling bytes.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The balancer with its admin endpoint on 127.0.0.1:0: (it, its service's address, the admin
+/// endpoint's), and the directory of the token file, if any.
+fn start_with_admin(
+    mut c: shunt::config::Config,
+    token: Option<&str>,
+) -> (shunt::Running, SocketAddr, SocketAddr, TempDir) {
+    let dir = TempDir::new("admin");
     c.admin = Some("127.0.0.1:0".parse().unwrap());
     if let Some(t) = token {
-        let path = std::env::temp_dir().join(format!("shunt-token-{}-{}", std::process::id(), t.len()));
-        std::fs::write(&path, format!("{t}\n")).unwrap();
-        c.admin_token = Some(path);
+        c.admin_token = Some(write_file(&dir, "token", format!("{t}\n").as_bytes()));
     }
     let r = shunt::start(c).expect("start");
     let addr = r.listening[0].1;
     let admin = r.admin_addr.expect("admin bound");
-    (r, addr, admin)
-}
-
-/// One raw HTTP exchange: returns (status, body).
-fn http(admin: SocketAddr, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    (r, addr, admin, dir)
 }
 
 fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    http(admin, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    http_get(admin, path)
 }
 
 fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    http(admin, &format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"))
-}
-
-fn status_json(admin: SocketAddr) -> serde_json::Value {
-    let (code, body) = get(admin, "/status");
-    assert_eq!(code, 200);
-    serde_json::from_str(&body).expect("/status is valid JSON")
-}
-
-/// The value of one sample line `name{labels} value` in a metrics document.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .parse()
-        .unwrap()
+    http_post(admin, path, token, b"")
 }
 
 #[test]
 fn counters_are_exact_after_traffic() {
-    let (echo, _) = echo_server();
-    let (r, addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), None);
+    let echo = EchoServer::start();
+    let (r, addr, admin, _dir) = start_with_admin(config(vec![service(vec![("e", echo.addr, 1)])]), None);
     const N: usize = 25;
     const SIZE: usize = 10_000;
     for _ in 0..N {
@@ -72,7 +52,7 @@ fn counters_are_exact_after_traffic() {
         c.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(read_all(&mut c).len(), SIZE);
     }
-    wait_for(Duration::from_secs(5), "sessions closed", || status_json(admin)["active_connections"] == 0);
+    wait_for(T, "sessions closed", || status_json(admin)["active_connections"] == 0);
     let s = status_json(admin);
     let svc = &s["services"][0];
     assert_eq!(svc["accepted"], N);
@@ -98,10 +78,10 @@ fn counters_are_exact_after_traffic() {
 
 #[test]
 fn counters_are_exact_summed_over_two_workers() {
-    let (echo, _) = echo_server();
-    let mut c = config(vec![service(vec![("e", echo, 1)])]);
+    let echo = EchoServer::start();
+    let mut c = config(vec![service(vec![("e", echo.addr, 1)])]);
     c.workers = 2;
-    let (r, addr, admin) = start_with_admin(c, None);
+    let (r, addr, admin, _dir) = start_with_admin(c, None);
     const N: usize = 60;
     for _ in 0..N {
         let mut c = TcpStream::connect(addr).unwrap();
@@ -109,7 +89,7 @@ fn counters_are_exact_summed_over_two_workers() {
         c.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(read_all(&mut c), b"abc");
     }
-    wait_for(Duration::from_secs(5), "sessions closed", || status_json(admin)["active_connections"] == 0);
+    wait_for(T, "sessions closed", || status_json(admin)["active_connections"] == 0);
     let s = status_json(admin);
     assert_eq!(s["workers"], 2);
     assert_eq!(s["services"][0]["accepted"], N);
@@ -119,11 +99,11 @@ fn counters_are_exact_summed_over_two_workers() {
 
 #[test]
 fn promtool_accepts_live_metrics() {
-    let (echo, _) = echo_server();
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut svc = service(vec![("e", echo, 1), ("dead", dead, 1)]);
+    let echo = EchoServer::start();
+    let dead = Refuser::new();
+    let mut svc = service(vec![("e", echo.addr, 1), ("dead", dead.addr, 1)]);
     svc.check = Check { kind: CheckKind::Tcp, interval: Duration::from_millis(100), ..Check::default() };
-    let (r, addr, admin) = start_with_admin(config(vec![svc]), None);
+    let (r, addr, admin, _dir) = start_with_admin(config(vec![svc]), None);
     for _ in 0..5 {
         let mut c = TcpStream::connect(addr).unwrap();
         c.write_all(b"x").unwrap();
@@ -153,7 +133,8 @@ fn promtool_accepts_live_metrics() {
 fn drain_and_enable_change_routing_exactly() {
     let a = name_server("a");
     let b = name_server("b");
-    let (r, addr, admin) = start_with_admin(config(vec![service(vec![("a", a, 1), ("b", b, 1)])]), None);
+    let (r, addr, admin, _dir) =
+        start_with_admin(config(vec![service(vec![("a", a.addr, 1), ("b", b.addr, 1)])]), None);
     let (code, body) = post(admin, "/servers/svc/a/drain", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(status_json(admin)["services"][0]["servers"][0]["state"], "drain");
@@ -183,53 +164,56 @@ fn drain_and_enable_change_routing_exactly() {
 
 #[test]
 fn disable_stops_probes_and_enable_resumes_them() {
-    let (echo, _) = echo_server();
-    let mut svc = service(vec![("e", echo, 1)]);
+    let echo = EchoServer::start();
+    let mut svc = service(vec![("e", echo.addr, 1)]);
     svc.check = Check { kind: CheckKind::Tcp, interval: Duration::from_millis(50), ..Check::default() };
-    let (r, _addr, admin) = start_with_admin(config(vec![svc]), None);
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![svc]), None);
     let checks = || status_json(admin)["services"][0]["servers"][0]["checks"].as_u64().unwrap();
-    wait_for(Duration::from_secs(5), "probes run", || checks() >= 2);
+    wait_for(T, "probes run", || checks() >= 2);
     assert_eq!(post(admin, "/servers/svc/e/disable", None).0, 200);
     assert_eq!(status_json(admin)["services"][0]["servers"][0]["state"], "disabled");
-    // A probe may have been in flight; after that one, the count must stay put.
+    // A probe may have been in flight; after that one, the count must stay put. Settled means
+    // unchanged for 10 probe intervals (a prober still running at 50 ms would have moved it),
+    // not merely between two polls 10 ms apart, which an active prober passes too.
     let settled = {
-        let mut last = checks();
-        wait_for(Duration::from_secs(5), "probe count settles", || {
+        let mut last = (checks(), Instant::now());
+        wait_for(T, "probe count settles", || {
             let now = checks();
-            let same = now == last;
-            last = now;
-            same
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            last.1.elapsed() >= Duration::from_millis(500)
         });
-        last
+        last.0
     };
-    let t0 = Instant::now();
-    wait_for(Duration::from_secs(5), "several probe intervals pass", || t0.elapsed() > Duration::from_millis(400));
+    // Several probe intervals pass (waiting by design: nothing may happen in them).
+    std::thread::sleep(Duration::from_millis(400));
     assert_eq!(checks(), settled, "no probes while disabled");
     assert_eq!(post(admin, "/servers/svc/e/enable", None).0, 200);
-    wait_for(Duration::from_secs(5), "probes resume", || checks() > settled);
+    wait_for(T, "probes resume", || checks() > settled);
     stop(r);
 }
 
 #[test]
 fn healthz_turns_503_when_a_service_has_no_server_and_back() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port_addr = l.local_addr().unwrap();
-    drop(l); // nothing listens there now
-    let mut svc = service(vec![("only", port_addr, 1)]);
+    // Nothing listens on the server's address until the test says so, and nobody else can take
+    // it meanwhile: the port is held bound, not listening.
+    let port = Refuser::new();
+    let mut svc = service(vec![("only", port.addr, 1)]);
     svc.check = Check { kind: CheckKind::Tcp, interval: Duration::from_millis(50), rise: 1, ..Check::default() };
-    let (r, _addr, admin) = start_with_admin(config(vec![svc]), None);
-    wait_for(Duration::from_secs(5), "healthz 503", || get(admin, "/healthz").0 == 503);
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![svc]), None);
+    wait_for(T, "healthz 503", || get(admin, "/healthz").0 == 503);
     assert!(get(admin, "/healthz").1.contains("svc"), "says which service");
-    let _server = TcpListener::bind(port_addr).expect("rebind the server port");
-    wait_for(Duration::from_secs(5), "healthz 200", || get(admin, "/healthz").0 == 200);
+    let _server = port.listen();
+    wait_for(T, "healthz 200", || get(admin, "/healthz").0 == 200);
     stop(r);
 }
 
 #[test]
 fn posts_need_the_bearer_token_gets_do_not() {
-    let (echo, _) = echo_server();
+    let echo = EchoServer::start();
     let token = "s3cret-token-value";
-    let (r, _addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), Some(token));
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![service(vec![("e", echo.addr, 1)])]), Some(token));
     assert_eq!(get(admin, "/status").0, 200);
     assert_eq!(post(admin, "/servers/svc/e/drain", None).0, 401);
     assert_eq!(post(admin, "/servers/svc/e/drain", Some("wrong")).0, 401);
@@ -246,8 +230,8 @@ fn posts_need_the_bearer_token_gets_do_not() {
 
 #[test]
 fn hostile_requests_get_4xx_and_the_endpoint_keeps_answering() {
-    let (echo, _) = echo_server();
-    let (r, _addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), None);
+    let echo = EchoServer::start();
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![service(vec![("e", echo.addr, 1)])]), None);
     // 100 clients that connect and send nothing (or half a request line) and stay.
     let stalled: Vec<TcpStream> = (0..100)
         .map(|i| {
@@ -258,27 +242,30 @@ fn hostile_requests_get_4xx_and_the_endpoint_keeps_answering() {
             s
         })
         .collect();
+    // Answered while they stall: an endpoint that served one client at a time would wait for
+    // the first stalled one until its read deadline (5 s), so half of that is a generous bound
+    // that still tells the two apart.
     let t0 = Instant::now();
     assert_eq!(get(admin, "/status").0, 200);
-    assert!(t0.elapsed() < Duration::from_secs(1), "answered while 100 clients stall: {:?}", t0.elapsed());
+    assert!(t0.elapsed() < READ_DEADLINE / 2, "answered while 100 clients stall: {:?}", t0.elapsed());
     // Huge headers.
     let big = format!("GET /status HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
-    let (code, _) = http(admin, &big);
+    let (code, _) = http_raw(admin, big.as_bytes());
     assert!(code == 431 || code == 0, "huge headers refused, got {code}");
     // Too many headers.
     let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
-    assert_eq!(http(admin, &format!("GET /status HTTP/1.1\r\n{many}\r\n")).0, 431);
+    assert_eq!(http_raw(admin, format!("GET /status HTTP/1.1\r\n{many}\r\n").as_bytes()).0, 431);
     // Garbage.
-    assert_eq!(http(admin, "\x16\x03\x01\x02\x00garbage\r\n\r\n").0, 400);
-    assert_eq!(http(admin, "GET\r\n\r\n").0, 400);
+    assert_eq!(http_raw(admin, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").0, 400);
+    assert_eq!(http_raw(admin, b"GET\r\n\r\n").0, 400);
     // Path traversal and unknown paths.
     assert_eq!(get(admin, "/../../etc/passwd").0, 404);
     assert_eq!(get(admin, "/servers/../status").0, 404);
     assert_eq!(get(admin, "/%2e%2e/etc/passwd").0, 404);
     // Wrong methods.
-    assert_eq!(http(admin, "DELETE /status HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(http_raw(admin, b"DELETE /status HTTP/1.1\r\n\r\n").0, 405);
     // Oversized body.
-    assert_eq!(http(admin, "POST /reload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n").0, 413);
+    assert_eq!(http_raw(admin, b"POST /reload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n").0, 413);
     // Still fine afterwards.
     assert_eq!(get(admin, "/").0, 200);
     assert!(get(admin, "/").1.contains("<title>shunt status</title>"));
@@ -288,14 +275,15 @@ fn hostile_requests_get_4xx_and_the_endpoint_keeps_answering() {
 
 #[test]
 fn a_slowloris_client_is_cut_off_at_the_read_deadline() {
-    let (echo, _) = echo_server();
-    let (r, _addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), None);
+    let echo = EchoServer::start();
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![service(vec![("e", echo.addr, 1)])]), None);
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let t0 = Instant::now();
     let mut buf = [0u8; 512];
     let mut answer = Vec::new();
-    // Dribble one byte every 50 ms: the deadline must not move with each byte.
+    // Dribble one byte every 50 ms (the read timeout paces it): the deadline must not move with
+    // each byte. A deadline that did would never cut this client off.
     for b in b"GET /status HTTP/1.1\r\nX-Slow: ".iter().cycle() {
         if s.write_all(&[*b]).is_err() {
             break;
@@ -305,10 +293,15 @@ fn a_slowloris_client_is_cut_off_at_the_read_deadline() {
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             Err(_) => {}
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "never cut off");
+        assert!(t0.elapsed() < READ_DEADLINE * 6, "never cut off");
     }
+    // Cut off at the deadline: never before it (less a second of slack between t0 and the
+    // accept), and well before "never" (the upper bound leaves a loaded machine 5 s).
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(8), "cut off after {waited:?}");
+    assert!(
+        waited >= READ_DEADLINE - Duration::from_secs(1) && waited < READ_DEADLINE + Duration::from_secs(5),
+        "cut off after {waited:?}"
+    );
     assert!(answer.is_empty() || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
     stop(r);
 }
@@ -340,8 +333,8 @@ fn shipped_prometheus_config_alerts_and_dashboard_are_valid_and_use_real_metrics
         .collect();
     exprs.push(std::fs::read_to_string(format!("{dir}shunt-alerts.yml")).unwrap());
     // Every shunt_* name they use must be a series that a live shunt exposes.
-    let (echo, _) = echo_server();
-    let (r, _addr, admin) = start_with_admin(config(vec![service(vec![("e", echo, 1)])]), None);
+    let echo = EchoServer::start();
+    let (r, _addr, admin, _dir) = start_with_admin(config(vec![service(vec![("e", echo.addr, 1)])]), None);
     let (_, live) = get(admin, "/metrics");
     let exposed: std::collections::HashSet<&str> =
         live.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();

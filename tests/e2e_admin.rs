@@ -29,13 +29,12 @@ fn chromium(args: &[&str], profile: &TempDir) -> std::process::Output {
 fn status_page_renders_every_server_in_headless_chromium() {
     let a = Nginx::start("alpha");
     let b = Nginx::start("bravo");
-    let admin = free_addr();
-    let listen = free_addr();
     let conf = format!(
-        "admin {admin}\nservice web\n bind {listen}\n server alpha {}\n server bravo {}\n check http GET /health expect 200 interval 200ms\n",
+        "admin 127.0.0.1:0\nservice web\n bind 127.0.0.1:0\n server alpha {}\n server bravo {}\n check http GET /health expect 200 interval 200ms\n",
         a.addr, b.addr
     );
     let shunt = start_shunt(&conf);
+    let (admin, listen) = (shunt.admin(), shunt.addr("web"));
     for _ in 0..4 {
         assert_eq!(http_get(listen, "/").0, 200);
     }
@@ -75,21 +74,20 @@ fn status_page_renders_every_server_in_headless_chromium() {
 #[test]
 fn admin_token_never_appears_in_logs() {
     let backend = EchoServer::start();
-    let admin = free_addr();
-    let listen = free_addr();
     let dir = TempDir::new("token");
     let token = "tok-7f3a9c1e5b2d";
     let token_file = write_file(&dir, "token", format!("{token}\n").as_bytes());
     let conf = format!(
-        "admin {admin}\nadmin_token {}\nlog trace\nservice s\n bind {listen}\n server e {}\n",
+        "admin 127.0.0.1:0\nadmin_token {}\nlog trace\nservice s\n bind 127.0.0.1:0\n server e {}\n",
         token_file.display(),
         backend.addr
     );
     let mut shunt = start_shunt(&conf);
+    let admin = shunt.admin();
     assert_eq!(http_post(admin, "/servers/s/e/drain", Some("wrong-guess"), b"").0, 401);
     assert_eq!(http_post(admin, "/servers/s/e/drain", Some(token), b"").0, 200);
     assert_eq!(http_post(admin, "/servers/s/e/enable", Some(token), b"").0, 200);
-    shunt.wait_log("set to enabled", Duration::from_secs(5));
+    shunt.wait_log("set to enabled", Duration::from_secs(10));
     let log = shunt.log();
     assert!(log.contains("admin: server s/e set to drain"), "state changes are logged:\n{log}");
     assert!(!log.contains(token), "token leaked into the log:\n{log}");

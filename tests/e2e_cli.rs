@@ -201,28 +201,27 @@ fn check_binary_garbage_fails_without_panic() {
 fn port_in_use_exits_2_and_names_the_address() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap();
-    let free = free_port();
-    let backend = free_port();
-    // The free bind comes first: the failure must name the busy one, not the first one.
-    let conf = format!(
-        "drain_timeout 1s\nservice web\n  bind 127.0.0.1:{free}\n  bind {busy_addr}\n  server a 127.0.0.1:{backend}\n"
-    );
+    // The first bind (port 0: it cannot fail) comes first: the failure must name the busy one,
+    // not the first one. Nothing connects to the server: shunt exits before it could.
+    let conf =
+        format!("drain_timeout 1s\nservice web\n  bind 127.0.0.1:0\n  bind {busy_addr}\n  server a 127.0.0.1:9\n");
     let mut s = spawn_shunt_with(&shunt_bin(), &conf, &[]);
     let st = s.wait_timeout(T).expect("shunt exits when a port is in use");
     let log = s.log();
     assert_eq!(st.code(), Some(2), "{}; log:\n{log}", Proc::describe(st));
     assert!(log.contains(&busy_addr.to_string()), "the message names {busy_addr}:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
-    // And it let go of the port it had bound.
-    TcpListener::bind(("127.0.0.1", free)).expect("shunt released the other port");
+    // It failed before it was up: no start-up line claims a listener.
+    assert_eq!(Listening::parse(&log), Listening::default(), "{log}");
     drop(busy);
 }
 
 #[test]
 fn check_does_not_bind() {
-    // --check validates only: a port in use is not its business.
+    // --check validates only: a port in use is not its business (nor is a server's address:
+    // nothing connects to 127.0.0.1:9).
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
-    let conf = format!("service web\n  bind {}\n  server a 127.0.0.1:{}\n", busy.local_addr().unwrap(), free_port());
+    let conf = format!("service web\n  bind {}\n  server a 127.0.0.1:9\n", busy.local_addr().unwrap());
     let (code, so, se) = shunt_check(&conf);
     assert_eq!(code, 0, "stdout:\n{so}\nstderr:\n{se}");
     assert_eq!(so.lines().filter(|l| l.contains("web")).count(), 1, "{so}");
@@ -231,14 +230,11 @@ fn check_does_not_bind() {
 #[test]
 fn check_catches_a_bind_conflict_before_run_time() {
     // The same port in two services (`*:P` covers 127.0.0.1:P): a conf error (exit 1, on the
-    // second bind's line), not a bind failure at start (exit 2).
-    let p = free_port();
-    let conf = format!(
-        "service a\n  bind *:{p}\n  server x 127.0.0.1:{}\nservice b\n  bind 127.0.0.1:{p}\n  server y 127.0.0.1:{}\n",
-        free_port(),
-        free_port()
-    );
-    let (code, so, se) = shunt_check(&conf);
+    // second bind's line), not a bind failure at start (exit 2). --check binds nothing, so any
+    // fixed port does.
+    let conf = "service a\n  bind *:18080\n  server x 127.0.0.1:19001\n\
+                service b\n  bind 127.0.0.1:18080\n  server y 127.0.0.1:19002\n";
+    let (code, so, se) = shunt_check(conf);
     assert_eq!(code, 1, "stdout:\n{so}\nstderr:\n{se}");
     assert!(se.contains("shunt.conf:5:"), "the error is on the second bind's line:\n{se}");
 }

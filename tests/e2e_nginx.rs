@@ -44,10 +44,10 @@ fn count(counts: &BTreeMap<String, usize>, name: &str) -> usize {
     counts.get(name).copied().unwrap_or(0)
 }
 
-/// A shunt conf with one service `web` on `port`; `servers` are `server` lines' tails
+/// A shunt conf with one service `web` on 127.0.0.1:0; `servers` are `server` lines' tails
 /// (`NAME ADDR [options]`), `extra` more service lines.
-fn conf(port: u16, servers: &[String], extra: &str) -> String {
-    let mut c = format!("log info\ndrain_timeout 2s\nservice web\n  bind 127.0.0.1:{port}\n");
+fn conf(servers: &[String], extra: &str) -> String {
+    let mut c = "log info\ndrain_timeout 2s\nservice web\n  bind 127.0.0.1:0\n".to_string();
     for s in servers {
         c.push_str(&format!("  server {s}\n"));
     }
@@ -62,9 +62,7 @@ fn weighted_round_robin_with_curl_is_exact() {
     // Healthy servers that must get nothing: weight 0, and administratively disabled.
     let zero = Nginx::start("nginx-zero");
     let off = Nginx::start("nginx-off");
-    let port = free_port();
     let conf = conf(
-        port,
         &[
             format!("a {} weight 1", a.addr),
             format!("zero {} weight 0", zero.addr),
@@ -73,8 +71,8 @@ fn weighted_round_robin_with_curl_is_exact() {
         ],
         "  check tcp interval 1s\n",
     );
-    let _shunt = start_shunt(&conf);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let shunt = start_shunt(&conf);
+    let addr = shunt.addr("web");
     let (counts, seq) = curl_n(addr, 90);
     assert_eq!(count(&counts, "nginx-a"), 30, "{counts:?} {seq:?}");
     assert_eq!(count(&counts, "nginx-b"), 60, "{counts:?} {seq:?}");
@@ -138,10 +136,9 @@ fn run_wrk(addr: SocketAddr, close: bool) -> (WrkResult, String) {
 fn wrk_with_and_without_keepalive_has_no_errors() {
     let a = Nginx::start("nginx-a");
     let b = Nginx::start("nginx-b");
-    let port = free_port();
-    let conf = conf(port, &[format!("a {}", a.addr), format!("b {}", b.addr)], "  check tcp interval 1s\n");
+    let conf = conf(&[format!("a {}", a.addr), format!("b {}", b.addr)], "  check tcp interval 1s\n");
     let shunt = start_shunt(&conf);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = shunt.addr("web");
 
     // New connection per request: thousands of sessions through the accept path.
     let (r, text) = run_wrk(addr, true);
@@ -186,14 +183,12 @@ fn killed_server_costs_no_request_and_comes_back_after_rise() {
     let mut a = Nginx::start("nginx-a");
     let b = Nginx::start("nginx-b");
     let a_port = a.port();
-    let port = free_port();
     let conf = conf(
-        port,
         &[format!("a {}", a.addr), format!("b {}", b.addr)],
         "  check tcp interval 200ms timeout 500ms rise 2 fall 2\n  retries 2\n  timeout connect 1s\n",
     );
     let mut shunt = start_shunt(&conf);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = shunt.addr("web");
 
     // The sequential loop: a few requests, then nginx-a dies between two of them (never
     // during one: a request already streaming from a server that dies cannot be saved by L4).
@@ -211,7 +206,9 @@ fn killed_server_costs_no_request_and_comes_back_after_rise() {
     let (counts, seq) = curl_n(addr, 10);
     assert_eq!(count(&counts, "nginx-b"), 10, "{seq:?}");
 
-    // nginx-a restarts on the same port: after `rise` good probes it is UP and serves again.
+    // nginx-a restarts on the same port (on purpose: it is the address shunt's conf names; the
+    // port is free since nginx-a died, so no retry): after `rise` good probes it is UP and
+    // serves again.
     let a2 = Nginx::start_on(a_port, "nginx-a", 1 << 10);
     let up = shunt.wait_log("server web/a is UP", T);
     assert!(log_ms_between(&down, &up) > 0, "UP after DOWN:\n{down}\n{up}");
@@ -228,14 +225,12 @@ fn backup_serves_only_while_both_primaries_are_down() {
     let mut p2 = Nginx::start("nginx-p2");
     let spare = Nginx::start("nginx-spare");
     let p1_port = p1.port();
-    let port = free_port();
     let conf = conf(
-        port,
         &[format!("p1 {}", p1.addr), format!("p2 {}", p2.addr), format!("spare {} backup", spare.addr)],
         "  check tcp interval 200ms timeout 500ms rise 2 fall 1\n",
     );
     let mut shunt = start_shunt(&conf);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = shunt.addr("web");
 
     // Both primaries up: the backup gets nothing.
     let (counts, seq) = curl_n(addr, 12);
@@ -256,7 +251,7 @@ fn backup_serves_only_while_both_primaries_are_down() {
     let (counts, seq) = curl_n(addr, 10);
     assert_eq!(count(&counts, "nginx-spare"), 10, "{seq:?}");
 
-    // A primary comes back: the backup is idle again.
+    // A primary comes back, on the address shunt knows it by: the backup is idle again.
     let p1b = Nginx::start_on(p1_port, "nginx-p1", 1 << 10);
     shunt.wait_log("server web/p1 is UP", T);
     wait_for(T, "p1 to take traffic again", || curl(addr).unwrap() == "nginx-p1\n");
@@ -273,14 +268,12 @@ fn http_check_takes_a_503_server_out() {
     // The sick one serves pages fine; only its /health says 503.
     assert_eq!(http_get(sick.addr, "/"), (200, "nginx-sick\n".to_string()));
     assert_eq!(http_get(sick.addr, "/health").0, 503);
-    let port = free_port();
     let conf = conf(
-        port,
         &[format!("sick {}", sick.addr), format!("good {}", good.addr)],
         "  check http GET /health expect 200 interval 200ms timeout 1s rise 2 fall 2\n",
     );
     let mut shunt = start_shunt(&conf);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = shunt.addr("web");
 
     let down = shunt.wait_log("server web/sick is DOWN", T);
     assert!(down.contains("503"), "the reason names the status: {down}");

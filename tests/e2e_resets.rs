@@ -197,21 +197,20 @@ fn serve(mut s: TcpStream, board: &Board) {
     board.post(seed, outcome);
 }
 
-/// The value of `key=` in a session log line.
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-}
-
-/// One case: a fresh session through `port`; returns what went wrong, if anything.
-fn run_case(shunt: &Mutex<Shunt>, port: u16, board: &Board, who: Resetter, seed: u64, len: u64) -> Result<(), String> {
+/// One case: a fresh session through shunt at `addr`; returns what went wrong, if anything.
+fn run_case(
+    shunt: &Mutex<Shunt>,
+    addr: SocketAddr,
+    board: &Board,
+    who: Resetter,
+    seed: u64,
+    len: u64,
+) -> Result<(), String> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     if who == Resetter::Server {
         socket.set_recv_buffer_size(READER_RCVBUF).unwrap();
     }
-    socket.connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)).into(), T).map_err(|e| e.to_string())?;
+    socket.connect_timeout(&addr.into(), T).map_err(|e| e.to_string())?;
     let mut c: TcpStream = socket.into();
     c.set_read_timeout(Some(T)).unwrap();
     let me = c.local_addr().unwrap();
@@ -251,9 +250,10 @@ fn run_case(shunt: &Mutex<Shunt>, port: u16, board: &Board, who: Resetter, seed:
 fn peer_reset_delivers_every_acknowledged_byte(splice: &str) {
     let board = Arc::new(Board::default());
     let server = start_server(board.clone());
-    let port = free_port();
-    let conf = format!("log info\nservice s\n  bind 127.0.0.1:{port}\n  server b {server}\n  splice {splice}\n");
-    let shunt = Mutex::new(start_shunt(&conf));
+    let conf = format!("log info\nservice s\n  bind 127.0.0.1:0\n  server b {server}\n  splice {splice}\n");
+    let shunt = start_shunt(&conf);
+    let addr = shunt.addr("s");
+    let shunt = Mutex::new(shunt);
     let failures: Vec<String> = thread::scope(|scope| {
         let runs: Vec<_> = [Resetter::Server, Resetter::Client]
             .into_iter()
@@ -263,7 +263,7 @@ fn peer_reset_delivers_every_acknowledged_byte(splice: &str) {
                     let mut failed = Vec::new();
                     for (i, &len) in SIZES.iter().enumerate() {
                         let seed = (who as u64) << 32 | i as u64;
-                        if let Err(e) = run_case(shunt, port, board, who, seed, len) {
+                        if let Err(e) = run_case(shunt, addr, board, who, seed, len) {
                             failed.push(format!("{who:?} resets after {len} bytes: {e}"));
                         }
                     }

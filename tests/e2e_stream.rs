@@ -1,12 +1,12 @@
 //! End-to-end data-path tests of the release binary with the harness's plain-TCP backends on
 //! loopback: byte-exact bulk transfers over splice and copy, many concurrent streams,
-//! half-close, a client that never reads, aborts, IPv6, EMFILE, SIGTERM drain, and a check that
-//! the splice path is the one really used.
+//! half-close, a client that never reads, aborts, IPv6, EMFILE, SIGTERM drain. That the splice
+//! path is the one really used is checked by syscall counts in tests/e2e_splice.rs.
 
 mod common;
 
 use common::*;
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
@@ -17,37 +17,16 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
 
-/// A conf with one service `s` on 127.0.0.1:`port` in front of `backend`. `splice` is its mode
-/// (`on`, the default: splice bulk and copy small messages; `always`; `off`); `global` goes
-/// before the service, `extra` into it.
-fn conf(port: u16, backend: SocketAddr, splice: &str, global: &str, extra: &str) -> String {
-    format!("log info\n{global}service s\n  bind 127.0.0.1:{port}\n  server b {backend}\n  splice {splice}\n{extra}")
+/// A conf with one service `s` on 127.0.0.1:0 in front of `backend` (the test asks shunt for
+/// the port). `splice` is its mode (`on`, the default: splice bulk and copy small messages;
+/// `always`; `off`); `global` goes before the service, `extra` into it.
+fn conf(backend: SocketAddr, splice: &str, global: &str, extra: &str) -> String {
+    format!("log info\n{global}service s\n  bind 127.0.0.1:0\n  server b {backend}\n  splice {splice}\n{extra}")
 }
 
+/// 127.0.0.1 on `port` (for a listener bound to every address).
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Sends `len` bytes of stream `seed` through `s` from a writer thread (then FIN) while this
-/// thread checks what comes back (an echo) to EOF.
-fn echo_transfer(s: TcpStream, seed: u64, len: u64) -> Result<(), String> {
-    let mut w = s.try_clone().unwrap();
-    let writer = thread::spawn(move || -> io::Result<()> {
-        write_pattern(&mut w, seed, len)?;
-        w.shutdown(Shutdown::Write)
-    });
-    let mut r = s;
-    let read = expect_pattern(&mut r, seed, len);
-    let wrote = writer.join().unwrap();
-    read?;
-    wrote.map_err(|e| format!("writer: {e}"))
-}
-
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -57,10 +36,9 @@ fn field(line: &str, key: &str) -> u64 {
 fn bulk_both_ways(splice: &str) {
     const LEN: u64 = 300 * MIB;
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, echo.addr, splice, "", ""));
+    let mut shunt = start_shunt(&conf(echo.addr, splice, "", ""));
     let t0 = Instant::now();
-    echo_transfer(connect(local(port)), 42, LEN).unwrap_or_else(|e| panic!("splice={splice}: {e}"));
+    echo_transfer(connect(shunt.addr("s")), 42, LEN).unwrap_or_else(|e| panic!("splice={splice}: {e}"));
     eprintln!("300 MiB each way, splice={splice}: {:?}", t0.elapsed());
     let line = shunt.wait_log(" s/b ", T);
     assert!(line.contains(" -- "), "a normal end: {line}");
@@ -91,9 +69,8 @@ fn ping_pong_mixed_sizes(splice: &str) {
     const SIZES: [usize; 14] =
         [1, 10, 4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 65537, 1 << 20, 3, (1 << 20) + 7];
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, echo.addr, splice, "", ""));
-    let mut c = connect(local(port));
+    let mut shunt = start_shunt(&conf(echo.addr, splice, "", ""));
+    let mut c = connect(shunt.addr("s"));
     let mut off = 0u64;
     let mut total = 0u64;
     for round in 0..3 {
@@ -140,13 +117,13 @@ fn fifty_streams(workers: usize) {
     const N: u64 = 50;
     const LEN: u64 = 4 * MIB + 12_345; // not a multiple of any buffer size
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, echo.addr, "on", &format!("workers {workers}\n"), ""));
+    let mut shunt = start_shunt(&conf(echo.addr, "on", &format!("workers {workers}\n"), ""));
+    let addr = shunt.addr("s");
     let clients: Vec<_> = (0..N)
         .map(|i| {
             thread::spawn(move || {
                 // Distinct content per stream: a byte from another stream fails the check.
-                echo_transfer(connect(local(port)), 1000 + i, LEN).map_err(|e| format!("stream {i}: {e}"))
+                echo_transfer(connect(addr), 1000 + i, LEN).map_err(|e| format!("stream {i}: {e}"))
             })
         })
         .collect();
@@ -194,17 +171,16 @@ fn half_close(splice: &str) {
         let got = sent.map_err(|e| format!("greeting: {e}")).and_then(|_| expect_pattern(&mut s, 4, 5 * MIB));
         tx2.lock().unwrap().send(got).unwrap();
     });
-    let (p1, p2) = (free_port(), free_port());
     let mode = splice;
     let conf = format!(
-        "log info\nservice up\n  bind 127.0.0.1:{p1}\n  server b {}\n  splice {mode}\n\
-         service down\n  bind 127.0.0.1:{p2}\n  server b {}\n  splice {mode}\n",
+        "log info\nservice up\n  bind 127.0.0.1:0\n  server b {}\n  splice {mode}\n\
+         service down\n  bind 127.0.0.1:0\n  server b {}\n  splice {mode}\n",
         answer_after_eof.addr, greet_then_read.addr
     );
     let mut shunt = start_shunt(&conf);
 
     // 1. The client uploads, sends FIN, and only then gets the answer.
-    let mut c = connect(local(p1));
+    let mut c = connect(shunt.addr("up"));
     write_pattern(&mut c, 1, 2 * MIB).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     rx.recv_timeout(T).expect("backend saw the client's FIN").expect("upload byte-exact");
@@ -213,7 +189,7 @@ fn half_close(splice: &str) {
     assert!(line.contains(" -- "), "{line}");
 
     // 2. The server greets and sends FIN first; the client's upload after that still arrives.
-    let mut c = connect(local(p2));
+    let mut c = connect(shunt.addr("down"));
     expect_pattern(&mut c, 3, MIB).expect("greeting then EOF");
     write_pattern(&mut c, 4, 5 * MIB).expect("the client can still send after the server's FIN");
     c.shutdown(Shutdown::Write).unwrap();
@@ -240,18 +216,6 @@ fn half_close_both_ways_splice_off() {
 // ------------------------------------------------------------------------------------------------
 // (d) a client that never reads
 // ------------------------------------------------------------------------------------------------
-
-/// A client socket with a small receive buffer, set before connect so the window is small
-/// from the handshake on.
-fn connect_small_rcvbuf(addr: SocketAddr, bytes: usize) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(bytes).unwrap();
-    s.connect_timeout(&addr.into(), T).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(T)).unwrap();
-    s.set_write_timeout(Some(T)).unwrap();
-    s
-}
 
 fn slow_reader(splice: &str) {
     const LEN: u64 = 200 * MIB;
@@ -281,10 +245,10 @@ fn slow_reader(splice: &str) {
         }
         let _ = s.shutdown(Shutdown::Write);
     });
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, pusher.addr, splice, "", "  timeout idle 1m\n"));
+    let mut shunt = start_shunt(&conf(pusher.addr, splice, "", "  timeout idle 1m\n"));
+    let addr = shunt.addr("s");
     // Warm-up: the first session allocates what every later one reuses.
-    let mut w = connect(local(port));
+    let mut w = connect(addr);
     w.write_all(b"W").unwrap();
     let mut ok = Vec::new();
     w.read_to_end(&mut ok).unwrap();
@@ -293,10 +257,12 @@ fn slow_reader(splice: &str) {
     shunt.wait_log(" s/b ", T);
     let baseline = shunt.rss_kib();
 
-    let mut c = connect_small_rcvbuf(local(port), 64 * 1024);
+    let mut c = connect_rcvbuf(addr, 64 * 1024);
     c.write_all(b"P").unwrap();
     // The client reads nothing until the backend is stuck: its sent-bytes counter stops moving
-    // for a whole second.
+    // for a whole second. (Quiescence, not a bound: a pause of the backend's thread on a loaded
+    // machine could end the wait early, with fewer bytes sent, which only makes the
+    // backpressure check below easier to meet, never a false failure of it.)
     let mut max_rss = baseline;
     let mut last = (0u64, Instant::now());
     wait_for(Duration::from_secs(20), "the backend to be held back (sent bytes plateau)", || {
@@ -323,7 +289,7 @@ fn slow_reader(splice: &str) {
             let mut m = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 m = m.max(rss_kib(pid));
-                thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20)); // the sampling period
             }
             m
         })
@@ -353,10 +319,6 @@ fn client_that_never_reads_bounds_memory_splice_always() {
 // ------------------------------------------------------------------------------------------------
 // (e) resets and aborts
 // ------------------------------------------------------------------------------------------------
-
-fn set_linger_zero(s: &TcpStream) {
-    SockRef::from(s).set_linger(Some(Duration::ZERO)).unwrap();
-}
 
 fn aborts(splice: &str) {
     const THREADS: usize = 20;
@@ -391,10 +353,10 @@ fn aborts(splice: &str) {
             }
         }
     });
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, backend.addr, splice, "", ""));
+    let mut shunt = start_shunt(&conf(backend.addr, splice, "", ""));
+    let addr = shunt.addr("s");
     let echo_ok = |what: &str| {
-        let mut c = connect(local(port));
+        let mut c = connect(addr);
         c.write_all(b"Eping").unwrap();
         let mut b = [0u8; 4];
         c.read_exact(&mut b).unwrap_or_else(|e| panic!("{what}: echo through shunt: {e}"));
@@ -412,7 +374,7 @@ fn aborts(splice: &str) {
         .map(|k| {
             thread::spawn(move || -> Result<(), String> {
                 for r in 0..ROUNDS {
-                    let mut c = connect(local(port));
+                    let mut c = connect(addr);
                     c.write_all(b"E").unwrap();
                     echo_transfer(c, (100 + k * ROUNDS + r) as u64, 2 * MIB)
                         .map_err(|e| format!("healthy stream {k}/{r}: {e}"))?;
@@ -425,7 +387,7 @@ fn aborts(splice: &str) {
         .map(|t| {
             thread::spawn(move || {
                 for i in 0..PER_THREAD {
-                    let mut c = connect(local(port));
+                    let mut c = connect(addr);
                     if (t + i) % 2 == 0 {
                         // The client aborts mid-stream: RST while the backend is still sending.
                         c.write_all(b"C").unwrap();
@@ -496,12 +458,11 @@ fn idle_connections_cost_two_descriptors_each() {
     // lent only while bytes flow.
     const N: usize = 300;
     let echo = EchoServer::start();
-    let port = free_port();
-    let shunt = start_shunt(&conf(port, echo.addr, "on", "", ""));
+    let shunt = start_shunt(&conf(echo.addr, "on", "", ""));
     let (base_sockets, base_pipes, base_other) = fd_kinds(shunt.pid());
     let mut held = Vec::new();
     for i in 0..N {
-        let mut c = connect(local(port));
+        let mut c = connect(shunt.addr("s"));
         let msg = format!("{i:05}");
         c.write_all(msg.as_bytes()).unwrap();
         let mut b = [0u8; 5];
@@ -534,8 +495,8 @@ fn named_echo(name: &'static str) -> TcpServer {
 }
 
 /// Connects and reads the one-letter greeting: which server took the connection.
-fn greeted(port: u16) -> (TcpStream, String) {
-    let mut c = connect(local(port));
+fn greeted(addr: SocketAddr) -> (TcpStream, String) {
+    let mut c = connect(addr);
     let mut b = [0u8; 1];
     c.read_exact(&mut b).unwrap_or_else(|e| panic!("no greeting: {e}"));
     (c, String::from_utf8_lossy(&b).into_owned())
@@ -545,13 +506,13 @@ fn greeted(port: u16) -> (TcpStream, String) {
 fn server_maxconn_and_service_max_conns_hold() {
     let a = named_echo("a");
     let b = named_echo("b");
-    let (p1, p2) = (free_port(), free_port());
     let conf = format!(
-        "log info\nservice rr\n  bind 127.0.0.1:{p1}\n  server a {} maxconn 2\n  server b {}\n\
-         service capped\n  bind 127.0.0.1:{p2}\n  server b {}\n  max_conns 3\n",
+        "log info\nservice rr\n  bind 127.0.0.1:0\n  server a {} maxconn 2\n  server b {}\n\
+         service capped\n  bind 127.0.0.1:0\n  server b {}\n  max_conns 3\n",
         a.addr, b.addr, b.addr
     );
-    let _shunt = start_shunt(&conf);
+    let shunt = start_shunt(&conf);
+    let (p1, p2) = (shunt.addr("rr"), shunt.addr("capped"));
 
     // maxconn 2: once a holds two connections, everything else goes to b.
     let held: Vec<(TcpStream, String)> = (0..10).map(|_| greeted(p1)).collect();
@@ -571,7 +532,8 @@ fn server_maxconn_and_service_max_conns_hold() {
 
     // Service max_conns 3: a fourth client waits (in the backlog) until one of three leaves.
     let mut three: Vec<TcpStream> = (0..3).map(|_| greeted(p2).0).collect();
-    let mut fourth = connect(local(p2));
+    let mut fourth = connect(p2);
+    // A window to watch for a wrong answer (a slow machine only makes it pass more easily).
     fourth.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut g = [0u8; 1];
     assert!(fourth.read_exact(&mut g).is_err(), "a fourth session beyond max_conns 3 was served");
@@ -588,16 +550,16 @@ fn server_maxconn_and_service_max_conns_hold() {
 #[test]
 fn sigterm_with_no_session_exits_at_once() {
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, echo.addr, "on", "drain_timeout 30s\n", ""));
-    echo_transfer(connect(local(port)), 1, 1000).unwrap();
+    let mut shunt = start_shunt(&conf(echo.addr, "on", "drain_timeout 30s\n", ""));
+    echo_transfer(connect(shunt.addr("s")), 1, 1000).unwrap();
     shunt.wait_log(" s/b ", T);
     let t0 = Instant::now();
     shunt.signal(libc::SIGTERM);
     let st = shunt.wait_timeout(T).expect("exits");
     assert_eq!(st.code(), Some(0), "{}", Proc::describe(st));
-    // drain_timeout is 30 s: anything near it means shunt waited for nothing.
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?} with nothing to drain", t0.elapsed());
+    // drain_timeout is 30 s: a third of it (measured: a few ms) still tells "exited at once"
+    // from "waited for the drain deadline" (wait_timeout's 10 s above would not).
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?} with nothing to drain", t0.elapsed());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -607,10 +569,12 @@ fn sigterm_with_no_session_exits_at_once() {
 #[test]
 fn ipv6_and_dual_stack_listeners() {
     let echo = EchoServer::start();
-    let (p6, pany) = (free_port(), free_port());
-    let conf = format!("log info\nservice s\n  bind [::1]:{p6}\n  bind *:{pany}\n  server b {}\n", echo.addr);
+    // Port 0 on both: `[::1]:0` and the dual-stack `*:0` (bound as `[::]:PORT`).
+    let conf = format!("log info\nservice s\n  bind [::1]:0\n  bind *:0\n  server b {}\n", echo.addr);
     let mut shunt = start_shunt(&conf);
-    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, p6));
+    let (v6, any) = (shunt.addrs("s")[0], shunt.addrs("s")[1]);
+    assert!(v6.ip().is_loopback() && any.ip().is_unspecified() && any.is_ipv6(), "{:?}", shunt.listening);
+    let pany = any.port();
     let any_v4 = local(pany);
     let any_v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, pany));
     for (i, addr) in [v6, any_v4, any_v6].into_iter().enumerate() {
@@ -646,22 +610,23 @@ fn out_of_descriptors_neither_spins_nor_dies() {
         let _ = s.shutdown(Shutdown::Write);
     });
     let echo = EchoServer::start();
-    let (push_port, echo_port) = (free_port(), free_port());
     let conf = format!(
-        "log info\nservice push\n  bind 127.0.0.1:{push_port}\n  server b {}\n\
-         service echo\n  bind 127.0.0.1:{echo_port}\n  server b {}\n",
+        "log info\nservice push\n  bind 127.0.0.1:0\n  server b {}\n\
+         service echo\n  bind 127.0.0.1:0\n  server b {}\n",
         pusher.addr, echo.addr
     );
     let mut shunt = start_shunt_wrapped(&["prlimit", "--nofile=128:128", "--"], &conf);
+    let (push, echo_addr) = (shunt.addr("push"), shunt.addr("echo"));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", shunt.pid())).unwrap();
     let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert!(nofile.split_whitespace().nth(3) == Some("128"), "prlimit applied: {nofile}");
 
     // 150 clients hold their connections: more than 128 descriptors can serve.
-    let held: Vec<TcpStream> = (0..150).map(|_| connect_small_rcvbuf(local(push_port), 4096)).collect();
+    let held: Vec<TcpStream> = (0..150).map(|_| connect_rcvbuf(push, 4096)).collect();
     // Saturated: shunt stopped taking connections (accept() failed with EMFILE, or a cap
     // derived from the descriptor limit holds the rest in the kernel backlog) and the sessions
-    // it took are stuck on their non-reading clients. Nothing moves any more.
+    // it took are stuck on their non-reading clients. Nothing moves any more (quiescence for
+    // half a second; ending early on a loaded machine can only leave fewer sessions).
     let mut last = ((usize::MAX, u64::MAX), Instant::now());
     wait_for(Duration::from_secs(20), "shunt to settle, saturated", || {
         let now = (shunt.sockets_in_state("ESTABLISHED"), pusher.bytes_out());
@@ -674,11 +639,11 @@ fn out_of_descriptors_neither_spins_nor_dies() {
     let (sockets, pipes, _) = fd_kinds(shunt.pid());
     assert!(sessions < 150, "{sessions} sessions with 128 descriptors?");
     assert!(sessions > 0, "no session at all");
-    let cpu0 = cpu_time(shunt.pid());
-    let t0 = Instant::now();
-    wait_for(T, "1 s of wall time", || t0.elapsed() >= Duration::from_secs(1));
-    let cpu = cpu_time(shunt.pid()) - cpu0;
-    let wall = t0.elapsed();
+    // CPU over a second of wall time (waiting by design): a shunt that retries accept() in a
+    // loop spins a whole core, 1 s; one that waits for a descriptor to free uses ~0. A loaded
+    // machine takes CPU away from a spinning process, it does not give an idle one more, so
+    // 300 ms keeps the two apart either way.
+    let (cpu, wall) = cpu_over(shunt.pid(), Duration::from_secs(1));
     let emfile = shunt.log().contains("Too many open files");
     eprintln!(
         "saturated: {cpu:?} CPU over {wall:?}; {} fds ({sockets} sockets, {pipes} pipe ends), \
@@ -691,13 +656,13 @@ fn out_of_descriptors_neither_spins_nor_dies() {
 
     // Descriptors free again: new connections are proxied.
     wait_for(T, "a new connection to be proxied again", || {
-        let mut c = connect(local(echo_port));
+        let mut c = connect(echo_addr);
         c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut b = [0u8; 5];
         c.write_all(b"again").is_ok() && c.read_exact(&mut b).is_ok() && &b == b"again"
     });
     for i in 0..20u64 {
-        echo_transfer(connect(local(echo_port)), 300 + i, 100_000)
+        echo_transfer(connect(echo_addr), 300 + i, 100_000)
             .unwrap_or_else(|e| panic!("after the descriptor limit, #{i}: {e}"));
     }
     assert!(shunt.is_running());
@@ -711,10 +676,10 @@ fn out_of_descriptors_neither_spins_nor_dies() {
 fn drain_lets_live_stream_finish(signal: i32, workers: usize) {
     const HALF: u64 = 20 * MIB;
     let echo = EchoServer::start();
-    let port = free_port();
     let global = format!("drain_timeout 30s\nworkers {workers}\n");
-    let mut shunt = start_shunt(&conf(port, echo.addr, "on", &global, ""));
-    let c = connect(local(port));
+    let mut shunt = start_shunt(&conf(echo.addr, "on", &global, ""));
+    let addr = shunt.addr("s");
+    let c = connect(addr);
     let mut w = c.try_clone().unwrap();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     // The writer sends half the stream, waits for the SIGTERM to be sent, sends the rest.
@@ -738,11 +703,13 @@ fn drain_lets_live_stream_finish(signal: i32, workers: usize) {
     wait_for(
         T,
         "new connections to be refused",
-        || matches!(TcpStream::connect(local(port)), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+        || matches!(TcpStream::connect(addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
     );
+    // At once: the session cannot end before the writer is told to go on (below), so the wait
+    // above already proves the listeners closed before the drain was over; the bound only says
+    // "promptly", generously for a loaded machine (measured: a few ms).
     let refused_after = t0.elapsed();
-    // At once: well before the session ends (and generous for a busy machine).
-    assert!(refused_after < Duration::from_secs(1), "listeners closed {refused_after:?} after the signal");
+    assert!(refused_after < Duration::from_secs(5), "listeners closed {refused_after:?} after the signal");
     assert!(shunt.is_running(), "shunt must wait for the live session");
 
     go_tx.send(()).unwrap();
@@ -775,9 +742,8 @@ fn sigterm_drain_with_two_workers() {
 #[test]
 fn sigterm_exits_at_drain_timeout_with_a_session_still_open() {
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut shunt = start_shunt(&conf(port, echo.addr, "on", "drain_timeout 1s\n", ""));
-    let mut c = connect(local(port));
+    let mut shunt = start_shunt(&conf(echo.addr, "on", "drain_timeout 1s\n", ""));
+    let mut c = connect(shunt.addr("s"));
     c.write_all(b"hello").unwrap();
     let mut b = [0u8; 5];
     c.read_exact(&mut b).unwrap();
@@ -786,119 +752,13 @@ fn sigterm_exits_at_drain_timeout_with_a_session_still_open() {
     let st = shunt.wait_timeout(T).expect("shunt exits at the drain deadline");
     let took = t0.elapsed();
     assert_eq!(st.code(), Some(0), "{}", Proc::describe(st));
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "exited {took:?} after SIGTERM");
+    // At the deadline: never before it (the session never ends by itself), and not much after
+    // (generous for a loaded machine; wait_timeout above bounds a hang).
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(6), "exited {took:?} after SIGTERM");
     // The session was cut: the client sees its connection end.
     c.set_read_timeout(Some(T)).unwrap();
     let mut buf = [0u8; 16];
     assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "the session was closed");
     let line = shunt.log_lines(" s/b ").pop().expect("the killed session is logged");
     assert!(line.contains(" KD "), "{line}");
-}
-
-// ------------------------------------------------------------------------------------------------
-// (i) splice(2) is really used
-// ------------------------------------------------------------------------------------------------
-
-/// Syscall counts from `strace -c` output: name -> calls.
-fn parse_strace_counts(text: &str) -> std::collections::HashMap<String, u64> {
-    let mut m = std::collections::HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // "% time  seconds  usecs/call  calls  [errors]  syscall"
-        if f.len() >= 5 && f[0].parse::<f64>().is_ok() && f[1].parse::<f64>().is_ok() {
-            if let Ok(calls) = f[3].parse::<u64>() {
-                let name = f[f.len() - 1];
-                if name != "total" {
-                    m.insert(name.to_string(), calls);
-                }
-            }
-        }
-    }
-    m
-}
-
-fn syscalls_for_transfer(splice: &str) -> std::collections::HashMap<String, u64> {
-    const LEN: u64 = 20 * MIB;
-    let echo = EchoServer::start();
-    let port = free_port();
-    let out_dir = TempDir::new("strace");
-    let out = out_dir.join("strace.txt");
-    let out_s = out.to_str().unwrap().to_string();
-    let conf = conf(port, echo.addr, splice, "", "");
-    let traced = "trace=splice,read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg";
-    let mut strace =
-        spawn_shunt_cmd(&["strace", "-f", "--seccomp-bpf", "-c", "-o", &out_s, "-e", traced], &shunt_bin(), &conf, &[]);
-    let mut pid = 0;
-    wait_for(START_TIMEOUT, "shunt to start under strace", || {
-        assert!(strace.is_running(), "strace exited: {}", strace.log());
-        pid = child_pids(strace.pid()).into_iter().find(|&p| comm(p).as_deref() == Some("shunt")).unwrap_or(0);
-        pid != 0
-    });
-    let _guard = KillOnDrop::new(pid);
-    wait_listening(pid, port);
-    echo_transfer(connect(local(port)), 21, LEN).unwrap();
-    wait_for(T, "the session to end", || strace.log().contains(" s/b "));
-    // SAFETY: kill(2) has no memory-safety preconditions; pid is our grandchild, still alive.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
-    let st = strace.wait_timeout(T).expect("strace ends with shunt");
-    assert!(st.success(), "strace/shunt: {}; {}", Proc::describe(st), strace.log());
-    let text = std::fs::read_to_string(&out).unwrap();
-    let counts = parse_strace_counts(&text);
-    eprintln!("splice={splice}: {counts:?}");
-    assert!(!counts.is_empty() || splice == "off", "no counts parsed from:\n{text}");
-    counts
-}
-
-#[test]
-fn strace_parser_reads_counts() {
-    let text = "% time     seconds  usecs/call     calls    errors syscall\n\
-                ------ ----------- ----------- --------- --------- ----------------\n\
-                \x2090.00    0.001000           1      1234        10 splice\n\
-                \x20 9.00    0.000100           2        56           write\n\
-                ------ ----------- ----------- --------- --------- ----------------\n\
-                100.00    0.001100           0      1290        10 total\n";
-    let m = parse_strace_counts(text);
-    assert_eq!(m.get("splice"), Some(&1234));
-    assert_eq!(m.get("write"), Some(&56));
-    assert_eq!(m.len(), 2);
-}
-
-const BYTE_MOVERS: [&str; 8] = ["read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg"];
-
-/// Asserts that the bytes of a bulk transfer moved with splice(2): read/write-style calls are
-/// only the handful around it (start-up, log lines, wakers, a flow's first small read).
-fn assert_bulk_spliced(splice: &str) {
-    let counts = syscalls_for_transfer(splice);
-    let splices = counts.get("splice").copied().unwrap_or(0);
-    let copies: u64 = BYTE_MOVERS.iter().map(|n| counts.get(*n).copied().unwrap_or(0)).sum();
-    // 40 MiB moved: with 64 KiB pipes that is at least 1280 splices; ask for far fewer, so a
-    // bigger pipe size does not break the test.
-    assert!(splices >= 100, "splice {splice}: splice calls: {splices} ({counts:?})");
-    // Copying 40 MiB through 16 KiB buffers takes over 5,000 calls. A flow may fall back to the
-    // copy path for a while when the machine is loaded and its reads come in small; what
-    // matters is that the bulk of the bytes is spliced.
-    assert!(
-        copies * 4 < splices && copies < 500,
-        "splice {splice}: read/write-style calls {copies} vs splice {splices} ({counts:?})"
-    );
-}
-
-#[test]
-fn splice_on_moves_bulk_bytes_with_splice() {
-    // `on` copies small messages but must splice a bulk transfer.
-    assert_bulk_spliced("on");
-}
-
-#[test]
-fn splice_always_moves_bytes_with_splice() {
-    assert_bulk_spliced("always");
-}
-
-#[test]
-fn splice_off_never_splices() {
-    let counts = syscalls_for_transfer("off");
-    assert_eq!(counts.get("splice").copied().unwrap_or(0), 0, "{counts:?}");
-    let copies: u64 = BYTE_MOVERS.iter().map(|n| counts.get(*n).copied().unwrap_or(0)).sum();
-    // 40 MiB through 16 KiB buffers, in and out.
-    assert!(copies >= 2 * 40 * 64, "the copy path moved the bytes: {counts:?}");
 }

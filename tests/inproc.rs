@@ -1,8 +1,11 @@
-//! In-process integration tests: the balancer runs as a library in this process, backends are
-//! real sockets on loopback served by threads, clients are std TcpStreams.
+//! In-process integration tests: the balancer runs as a library in this process
+//! (tests/common/inproc.rs), backends are real sockets on loopback served by the harness's
+//! threads, clients are std TcpStreams.
 
-mod support;
+mod common;
 
+use common::inproc::*;
+use common::*;
 use shunt::config::{Check, CheckKind};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,14 +13,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::*;
+
+const T: Duration = Duration::from_secs(10);
 
 #[test]
 fn echo_round_trip_every_splice_mode() {
     use shunt::config::Splice;
     for splice in [Splice::Auto, Splice::Always, Splice::Off] {
-        let (echo, _) = echo_server();
-        let mut svc = service(vec![("e", echo, 1)]);
+        let echo = EchoServer::start();
+        let mut svc = service(vec![("e", echo.addr, 1)]);
         svc.splice = splice;
         let (r, addr) = start(config(vec![svc]));
         let mut c = TcpStream::connect(addr).unwrap();
@@ -40,7 +44,7 @@ fn echo_round_trip_every_splice_mode() {
 fn roundrobin_weights_exact() {
     let a = name_server("a");
     let b = name_server("b");
-    let (r, addr) = start(config(vec![service(vec![("a", a, 1), ("b", b, 2)])]));
+    let (r, addr) = start(config(vec![service(vec![("a", a.addr, 1), ("b", b.addr, 2)])]));
     let mut seq = String::new();
     for _ in 0..90 {
         let mut c = TcpStream::connect(addr).unwrap();
@@ -54,12 +58,9 @@ fn roundrobin_weights_exact() {
 
 #[test]
 fn dead_server_is_retried_without_client_error() {
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    }; // closed: connects are refused
+    let dead = Refuser::new(); // connects are refused
     let live = name_server("live");
-    let mut svc = service(vec![("dead", dead, 1), ("live", live, 1)]);
+    let mut svc = service(vec![("dead", dead.addr, 1), ("live", live.addr, 1)]);
     svc.check = Check { kind: CheckKind::None, ..Check::default() };
     let (r, addr) = start(config(vec![svc]));
     for _ in 0..20 {
@@ -93,16 +94,16 @@ fn server_half_close_first_client_keeps_sending() {
     let upload = vec![0x5au8; 1 << 20];
     c.write_all(&upload).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
-    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let got = rx.recv_timeout(T).unwrap();
     assert_eq!(got.len(), upload.len(), "upload after the server's FIN arrives whole");
-    wait_for(Duration::from_secs(5), "session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    wait_for(T, "session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
     stop(r);
 }
 
 #[test]
 fn many_concurrent_clients_get_their_own_bytes() {
-    let (echo, _) = echo_server();
-    let (r, addr) = start(config(vec![service(vec![("e", echo, 1)])]));
+    let echo = EchoServer::start();
+    let (r, addr) = start(config(vec![service(vec![("e", echo.addr, 1)])]));
     let clients: Vec<_> = (0..50u32)
         .map(|id| {
             thread::spawn(move || {
@@ -123,7 +124,7 @@ fn many_concurrent_clients_get_their_own_bytes() {
     for c in clients {
         c.join().unwrap();
     }
-    wait_for(Duration::from_secs(5), "all sessions closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    wait_for(T, "all sessions closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
     stop(r);
 }
 
@@ -131,9 +132,9 @@ fn many_concurrent_clients_get_their_own_bytes() {
 fn http_check_takes_server_down_and_rise_brings_it_back() {
     use std::sync::atomic::AtomicBool;
     let a_ok = Arc::new(AtomicBool::new(true));
-    let a = http_server("a", Arc::clone(&a_ok));
-    let b = http_server("b", Arc::new(AtomicBool::new(true)));
-    let mut svc = service(vec![("a", a, 1), ("b", b, 1)]);
+    let a = health_server("a", Arc::clone(&a_ok));
+    let b = health_server("b", Arc::new(AtomicBool::new(true)));
+    let mut svc = service(vec![("a", a.addr, 1), ("b", b.addr, 1)]);
     svc.check = Check {
         kind: CheckKind::Http {
             method: "GET".into(),
@@ -148,34 +149,30 @@ fn http_check_takes_server_down_and_rise_brings_it_back() {
     };
     let (r, addr) = start(config(vec![svc]));
     let up = |r: &shunt::Running| r.stats.current().servers[0][0].up.load(Ordering::Relaxed);
-    wait_for(Duration::from_secs(5), "first probe of a passes", || {
-        r.stats.current().servers[0][0].last_check.lock().unwrap().ok == Some(true)
-    });
+    wait_for(T, "first probe of a passes", || r.stats.current().servers[0][0].last_check.lock().unwrap().ok == Some(true));
     a_ok.store(false, Ordering::SeqCst);
-    wait_for(Duration::from_secs(5), "a marked down", || !up(&r));
+    wait_for(T, "a marked down", || !up(&r));
     let detail = r.stats.current().servers[0][0].last_check.lock().unwrap().detail.clone();
     assert!(detail.contains("503"), "last check says why: {detail}");
     // The worker hears the verdict over its channel; once it has, a gets nothing.
-    wait_for(Duration::from_secs(5), "traffic avoids a", || (0..4).all(|_| fetch(addr) == "b"));
+    wait_for(T, "traffic avoids a", || (0..4).all(|_| fetch(addr) == "b"));
     a_ok.store(true, Ordering::SeqCst);
-    wait_for(Duration::from_secs(5), "a back up after rise", || up(&r));
-    wait_for(Duration::from_secs(5), "a serves again", || (0..4).any(|_| fetch(addr) == "a"));
+    wait_for(T, "a back up after rise", || up(&r));
+    wait_for(T, "a serves again", || (0..4).any(|_| fetch(addr) == "a"));
     stop(r);
 }
 
 #[test]
 fn backup_serves_only_while_every_regular_server_is_down() {
-    let dead1 = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let dead2 = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (dead1, dead2) = (Refuser::new(), Refuser::new());
     let spare = name_server("spare");
-    let mut svc = service(vec![("d1", dead1, 1), ("d2", dead2, 1), ("spare", spare, 1)]);
+    let mut svc = service(vec![("d1", dead1.addr, 1), ("d2", dead2.addr, 1), ("spare", spare.addr, 1)]);
     svc.servers[2].backup = true;
     svc.check = Check { kind: CheckKind::Tcp, interval: Duration::from_millis(50), ..Check::default() };
     let (r, addr) = start(config(vec![svc]));
     // Active probes find both regular servers dead; from then on the backup takes everything.
-    wait_for(Duration::from_secs(5), "regular servers down", || {
-        !r.stats.current().servers[0][0].up.load(Ordering::Relaxed)
-            && !r.stats.current().servers[0][1].up.load(Ordering::Relaxed)
+    wait_for(T, "regular servers down", || {
+        !r.stats.current().servers[0][0].up.load(Ordering::Relaxed) && !r.stats.current().servers[0][1].up.load(Ordering::Relaxed)
     });
     for _ in 0..10 {
         let mut c = TcpStream::connect(addr).unwrap();
@@ -188,7 +185,7 @@ fn backup_serves_only_while_every_regular_server_is_down() {
 fn backup_idle_while_a_regular_server_is_up() {
     let live = name_server("live");
     let spare = name_server("spare");
-    let mut svc = service(vec![("live", live, 1), ("spare", spare, 1)]);
+    let mut svc = service(vec![("live", live.addr, 1), ("spare", spare.addr, 1)]);
     svc.servers[1].backup = true;
     let (r, addr) = start(config(vec![svc]));
     for _ in 0..10 {
@@ -200,37 +197,45 @@ fn backup_idle_while_a_regular_server_is_up() {
 
 #[test]
 fn black_holed_server_times_out_and_client_is_served_elsewhere() {
-    let (_hole, _filler, hole) = black_hole();
+    let hole = BlackHole::new();
     let live = name_server("live");
-    let mut svc = service(vec![("hole", hole, 1), ("live", live, 1)]);
-    svc.timeouts.connect = Duration::from_millis(200);
+    let mut svc = service(vec![("hole", hole.addr, 1), ("live", live.addr, 1)]);
+    const CONNECT: Duration = Duration::from_millis(200);
+    svc.timeouts.connect = CONNECT;
     let (r, addr) = start(config(vec![svc]));
     let t0 = Instant::now();
     for _ in 0..4 {
         let mut c = TcpStream::connect(addr).unwrap();
         assert_eq!(read_all(&mut c), b"live");
     }
-    // At most one connect waits out the timeout: the first failure marks the server down.
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    // At most one connect waits out the timeout: the first failure marks the server down. The
+    // count is the proof; the time only says that no request hung (four requests with one
+    // connect timeout take about 200 ms; four timed-out connects would take 800 ms, which the
+    // count already rules out, so the bound can be generous).
     assert_eq!(r.snapshot().services[0].servers[0].failed_connects, 1);
+    assert!(t0.elapsed() < CONNECT * 25, "took {:?}", t0.elapsed());
     stop(r);
 }
 
 #[test]
 fn idle_timeout_closes_both_sides() {
-    let (echo, _) = echo_server();
-    let mut svc = service(vec![("e", echo, 1)]);
-    svc.timeouts.idle = Duration::from_millis(200);
+    const IDLE: Duration = Duration::from_millis(200);
+    let echo = EchoServer::start();
+    let mut svc = service(vec![("e", echo.addr, 1)]);
+    svc.timeouts.idle = IDLE;
     let (r, addr) = start(config(vec![svc]));
     let mut c = TcpStream::connect(addr).unwrap();
     c.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     c.read_exact(&mut buf).unwrap();
     let t0 = Instant::now();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
     assert_eq!(c.read(&mut buf).unwrap(), 0, "closed by the idle timeout");
+    // Never before the idle time (less the moments between the echo's last byte and t0), and
+    // not never: the upper bound only tells "the timer fired" from "closed for another reason
+    // much later", so it is generous (the read timeout would report a timer that never fires).
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(2), "waited {waited:?}");
+    assert!(waited >= IDLE - Duration::from_millis(50) && waited < IDLE + Duration::from_secs(5), "waited {waited:?}");
     stop(r);
 }
 
@@ -239,17 +244,17 @@ fn drained_server_gets_no_new_connections_and_enable_restores_it() {
     use shunt::shared::AdminState;
     let a = name_server("a");
     let b = name_server("b");
-    let (r, addr) = start(config(vec![service(vec![("a", a, 1), ("b", b, 1)])]));
+    let (r, addr) = start(config(vec![service(vec![("a", a.addr, 1), ("b", b.addr, 1)])]));
     let name = &r.stats.current().config.services[0].name;
     r.supervisor.set_admin(name, "a", AdminState::Drain).unwrap();
-    wait_for(Duration::from_secs(5), "drain applied", || {
+    wait_for(T, "drain applied", || {
         (0..4).all(|_| {
             let mut c = TcpStream::connect(addr).unwrap();
             read_all(&mut c) == b"b"
         })
     });
     r.supervisor.set_admin(name, "a", AdminState::Enabled).unwrap();
-    wait_for(Duration::from_secs(5), "enable applied", || {
+    wait_for(T, "enable applied", || {
         let mut c = TcpStream::connect(addr).unwrap();
         read_all(&mut c) == b"a"
     });
@@ -258,8 +263,8 @@ fn drained_server_gets_no_new_connections_and_enable_restores_it() {
 
 #[test]
 fn max_conns_pauses_accepting_and_resumes() {
-    let (echo, _) = echo_server();
-    let mut c = config(vec![service(vec![("e", echo, 1)])]);
+    let echo = EchoServer::start();
+    let mut c = config(vec![service(vec![("e", echo.addr, 1)])]);
     c.max_conns = 2;
     let (r, addr) = start(c);
     let mut held: Vec<TcpStream> = (0..2)
@@ -271,7 +276,8 @@ fn max_conns_pauses_accepting_and_resumes() {
             s
         })
         .collect();
-    // The third connects (the kernel backlog takes it) but is not served while at the cap.
+    // The third connects (the kernel backlog takes it) but is not served while at the cap. (A
+    // window to watch for a wrong answer: a slow machine can only make it pass more easily.)
     let mut third = TcpStream::connect(addr).unwrap();
     third.write_all(b"y").unwrap();
     third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -279,7 +285,7 @@ fn max_conns_pauses_accepting_and_resumes() {
     assert!(third.read_exact(&mut b).is_err(), "served beyond max_conns");
     assert!(r.snapshot().services[0].limit_pauses >= 1, "the pause at the cap is counted");
     drop(held.pop());
-    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third.set_read_timeout(Some(T)).unwrap();
     third.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"y", "served once a slot freed");
     drop((held, third)); // stop() drains: nothing left to wait for
@@ -289,7 +295,7 @@ fn max_conns_pauses_accepting_and_resumes() {
 /// A client whose first message came back through the echo server: its session is live.
 fn echoed(addr: std::net::SocketAddr, msg: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
     s.write_all(msg).unwrap();
     let mut back = vec![0u8; msg.len()];
     s.read_exact(&mut back).unwrap();
@@ -305,34 +311,43 @@ fn refused_by_reset(s: &mut TcpStream) -> bool {
 
 #[test]
 fn max_conns_refuses_with_a_reset_once_full_for_timeout_queue() {
-    let (echo, _) = echo_server();
-    let mut svc = service(vec![("e", echo, 1)]);
+    // Long enough that "waited the queue" and "refused at once" cannot be mistaken for each
+    // other on a loaded machine: the second is bounded at half of it.
+    const QUEUE: Duration = Duration::from_secs(2);
+    let echo = EchoServer::start();
+    let mut svc = service(vec![("e", echo.addr, 1)]);
     svc.max_conns = Some(1);
-    svc.queue_timeout = Duration::from_millis(400);
+    svc.queue_timeout = QUEUE;
     let (r, addr) = start(config(vec![svc]));
     let held = echoed(addr, b"x");
 
-    // The first client past the cap waits `timeout queue`, then gets a reset, not a hang.
+    // The first client past the cap waits `timeout queue`, then gets a reset, not a hang: never
+    // before the queue time (less a little for the accept that precedes t0's connect), and not
+    // never (the read timeout is 10 s; the upper bound is generous).
     let t0 = Instant::now();
     let mut waiting = TcpStream::connect(addr).unwrap();
     waiting.write_all(b"y").unwrap();
-    waiting.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    waiting.set_read_timeout(Some(T)).unwrap();
     assert!(refused_by_reset(&mut waiting), "a client past the cap was not refused with a reset");
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(3), "waited {waited:?}");
-    // While the cap stays full, a newcomer is refused without waiting again.
+    assert!(
+        waited >= QUEUE - Duration::from_millis(50) && waited < QUEUE + Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    // While the cap stays full, a newcomer is refused without waiting again: well under the
+    // queue time it would otherwise wait.
     let t1 = Instant::now();
     let mut late = TcpStream::connect(addr).unwrap();
-    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
     assert!(refused_by_reset(&mut late), "a newcomer at a long-full cap was not refused");
-    assert!(t1.elapsed() < Duration::from_millis(300), "newcomer waited {:?}", t1.elapsed());
+    assert!(t1.elapsed() < QUEUE / 2, "newcomer waited {:?}", t1.elapsed());
     let snap = r.snapshot();
     assert_eq!(snap.services[0].refused_limit, 2, "refusals at the cap are counted");
     assert_eq!(snap.services[0].accepted, 1, "refused clients are not sessions");
 
     // Room frees: the next client is served.
     drop(held);
-    wait_for(Duration::from_secs(5), "the held session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
+    wait_for(T, "the held session closed", || r.stats.active_total.load(Ordering::Relaxed) == 0);
     echoed(addr, b"z");
     assert_eq!(r.snapshot().services[0].refused_limit, 2);
     stop(r);
@@ -340,9 +355,9 @@ fn max_conns_refuses_with_a_reset_once_full_for_timeout_queue() {
 
 #[test]
 fn timeout_queue_zero_refuses_at_once() {
-    let (echo, _) = echo_server();
+    let echo = EchoServer::start();
     let mut c = config(vec![{
-        let mut svc = service(vec![("e", echo, 1)]);
+        let mut svc = service(vec![("e", echo.addr, 1)]);
         svc.queue_timeout = Duration::ZERO;
         svc
     }]);
@@ -351,9 +366,10 @@ fn timeout_queue_zero_refuses_at_once() {
     let mut held = echoed(addr, b"x");
     let t0 = Instant::now();
     let mut past = TcpStream::connect(addr).unwrap();
-    past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    past.set_read_timeout(Some(T)).unwrap();
     assert!(refused_by_reset(&mut past), "not refused");
-    assert!(t0.elapsed() < Duration::from_millis(300), "took {:?}", t0.elapsed());
+    // At once: well under the 5 s a client would wait with the default queue timeout.
+    assert!(t0.elapsed() < Duration::from_millis(2500), "took {:?}", t0.elapsed());
     assert_eq!(r.snapshot().services[0].refused_limit, 1);
     held.write_all(b"w").unwrap();
     let mut b = [0u8; 1];
@@ -365,15 +381,15 @@ fn timeout_queue_zero_refuses_at_once() {
 
 #[test]
 fn sigterm_style_drain_lets_live_sessions_finish() {
-    let (echo, _) = echo_server();
-    let (r, addr) = start(config(vec![service(vec![("e", echo, 1)])]));
+    let echo = EchoServer::start();
+    let (r, addr) = start(config(vec![service(vec![("e", echo.addr, 1)])]));
     let mut live = TcpStream::connect(addr).unwrap();
     live.write_all(b"before").unwrap();
     let mut b = [0u8; 6];
     live.read_exact(&mut b).unwrap();
     r.supervisor.drain(Instant::now() + Duration::from_secs(10));
     // New connections are refused once the listener is closed.
-    wait_for(Duration::from_secs(5), "listener closed", || TcpStream::connect(addr).is_err());
+    wait_for(T, "listener closed", || TcpStream::connect(addr).is_err());
     live.write_all(b"after").unwrap();
     let mut b = [0u8; 5];
     live.read_exact(&mut b).unwrap();
@@ -387,9 +403,9 @@ fn sigterm_style_drain_lets_live_sessions_finish() {
 fn backup_serves_a_connection_whose_every_regular_server_just_failed() {
     // The only regular server dies; before any health verdict, the backup must already take
     // the connection that found it dead (retries allow it), not fail the client.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = Refuser::new();
     let spare = name_server("spare");
-    let mut svc = service(vec![("dead", dead, 1), ("spare", spare, 1)]);
+    let mut svc = service(vec![("dead", dead.addr, 1), ("spare", spare.addr, 1)]);
     svc.servers[1].backup = true;
     svc.check = Check { kind: CheckKind::None, fall: 3, ..Check::default() };
     let (r, addr) = start(config(vec![svc]));
@@ -400,19 +416,10 @@ fn backup_serves_a_connection_whose_every_regular_server_just_failed() {
     stop(r);
 }
 
-/// TCP sockets of this machine's loopback in TIME_WAIT whose remote port is `port`
-/// (/proc/net/tcp: `sl local rem st ...`, addresses as HEX_IP:HEX_PORT, TIME_WAIT = 06).
+/// TCP sockets of this namespace in TIME_WAIT towards `port` (the balancer runs in this process,
+/// and TIME_WAIT sockets belong to no process any more: the namespace's table is the place).
 fn time_wait_towards(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let rem_port = f.get(2).and_then(|a| a.split(':').nth(1)).and_then(|p| u16::from_str_radix(p, 16).ok());
-            rem_port == Some(port) && f.get(3) == Some(&"06")
-        })
-        .count()
+    net_sockets("/proc/net").iter().filter(|s| s.state == TcpState::TimeWait && s.remote.port() == port).count()
 }
 
 #[test]
@@ -439,7 +446,7 @@ fn health_probes_leave_no_time_wait_on_the_balancer() {
     };
     let (r, _) = start(config(vec![svc]));
     let checks = || r.stats.current().servers[0][0].checks.load(Ordering::Relaxed);
-    wait_for(Duration::from_secs(10), "20 probes", || checks() >= 20);
+    wait_for(T, "20 probes", || checks() >= 20);
     assert!(r.stats.current().servers[0][0].up.load(Ordering::Relaxed), "the server passed its probes");
     let lingering = time_wait_towards(server.port());
     assert_eq!(lingering, 0, "{lingering} probe connection(s) left in TIME_WAIT after {} probes", checks());

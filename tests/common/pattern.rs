@@ -1,4 +1,4 @@
-//! The pseudo-random byte streams shared by the test harness (tests/common/mod.rs) and the
+//! The pseudo-random byte streams shared by the test harness (tests/common/bytes.rs) and the
 //! namespaced test peer (examples/test_peer.rs), which includes this file with `#[path]`: the
 //! two ends of a transfer must generate exactly the same bytes.
 

@@ -14,14 +14,18 @@
 //! drop (even on panic); namespaces left behind by a test process that was killed outright are
 //! removed by the next [`Topo::new`] (their names carry the dead pid).
 //!
-//! Code runs inside a namespace in two ways: processes through `ip netns exec` ([`Netns::command`],
-//! [`Topo::spawn_server`], `start_shunt_wrapped`), and threads of the test itself through
-//! `setns(2)` ([`run_in`], [`spawn_in`]): a network namespace is a per-thread attribute, so a
-//! thread that entered one opens its sockets there, and threads it spawns start there too.
+//! Code runs inside a namespace as processes through `ip netns exec` ([`Topo::spawn_server`],
+//! `start_shunt_wrapped`) and as threads of the test through `setns(2)` (see super::netns).
 
-use super::*;
-use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use super::bins::example_bin;
+use super::netns::{run_ok, Netns};
+use super::proc::{Proc, TempDir};
+use super::procfs::is_listening;
+use super::wait::{wait_for, START_TIMEOUT};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Prefix of every namespace a [`Topo`] makes: `shf-PID-N-ROLE`.
 const PREFIX: &str = "shf-";
@@ -88,7 +92,7 @@ impl Topo {
             if let Some(st) = p.try_status() {
                 panic!("{name} exited ({}): {}", Proc::describe(st), p.log());
             }
-            tcp_sockets(p.pid()).iter().any(|s| s.state == TcpState::Listen && s.local.port() == SERVER_PORT)
+            is_listening(p.pid(), SERVER_PORT)
         });
         p
     }
@@ -103,54 +107,10 @@ impl Topo {
     }
 }
 
-/// Runs `f` on a thread inside namespace `ns` and returns its result (a panic in `f` is
-/// passed on as is).
-pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|sc| {
-        let h = sc.spawn(|| {
-            enter_netns(ns);
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
-
-/// Spawns a thread inside namespace `ns`.
-pub fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let ns = ns.to_string();
-    thread::Builder::new()
-        .stack_size(512 * 1024)
-        .spawn(move || {
-            enter_netns(&ns);
-            f()
-        })
-        .expect("spawn a thread")
-}
-
-/// Moves the calling thread into network namespace `ns` (a name under /run/netns).
-pub fn enter_netns(ns: &str) {
-    let path = ["/run/netns", "/var/run/netns"]
-        .iter()
-        .map(|d| PathBuf::from(d).join(ns))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("namespace {ns} not found under /run/netns"));
-    let f = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns into {ns}: {}", io::Error::last_os_error());
-}
-
 fn make_ns(name: &str) -> Netns {
-    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-    run_ok("ip", &["netns", "add", name]).unwrap_or_else(|e| {
+    Netns::named(name).unwrap_or_else(|e| {
         panic!("cannot make a network namespace: {e}\nThe fault-injection tests need root and iproute2.")
-    });
-    let ns = Netns { name: name.to_string() };
-    ip(&ns, &["link", "set", "lo", "up"]);
-    ns
+    })
 }
 
 /// `ip -n NS ARGS...`, panicking with ip's complaint.

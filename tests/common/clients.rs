@@ -1,0 +1,50 @@
+//! Plain TCP clients with the harness's defaults: every socket gets [`IO_TIMEOUT`] on reads and
+//! writes, so a test that waits for bytes that never come fails instead of hanging.
+
+use super::wait::resolve;
+use socket2::{Domain, SockRef, Socket};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Read/write timeout on client sockets the harness makes.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects with a timeout and sets [`IO_TIMEOUT`] on reads and writes.
+pub fn connect(addr: impl ToSocketAddrs) -> TcpStream {
+    let addr = resolve(addr);
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// [`connect`] with `SO_RCVBUF` pinned to `bytes` before the connect, so the advertised window
+/// is small from the handshake on (a slow or non-reading client that the kernel cannot hide).
+pub fn connect_rcvbuf(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let s = Socket::new(Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(bytes).unwrap();
+    s.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Everything `s` sends until EOF; panics on an error.
+pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap_or_else(|e| panic!("read to EOF: {e}"));
+    v
+}
+
+/// Sets `SO_LINGER` 0, so that closing `s` sends a reset instead of a FIN.
+pub fn set_linger_zero(s: &TcpStream) {
+    SockRef::from(s).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+/// Closes `s` with a reset (RST) instead of a FIN.
+pub fn abort(s: TcpStream) {
+    let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
