@@ -25,12 +25,12 @@ deps:
 test: deps
 	$(CARGO) build --release --bins --examples
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --release --no-fail-fast"; \
-		$(CARGO) nextest run --release --no-fail-fast; \
+		echo "$(CARGO) nextest run --cargo-profile test-release --no-fail-fast"; \
+		$(CARGO) nextest run --cargo-profile test-release --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found: falling back to cargo test"; \
-		echo "$(CARGO) test --release --no-fail-fast --tests"; \
-		$(CARGO) test --release --no-fail-fast --tests; \
+		echo "$(CARGO) test --profile test-release --no-fail-fast --tests"; \
+		$(CARGO) test --profile test-release --no-fail-fast --tests; \
 	fi
 
 lint:

@@ -240,11 +240,16 @@ fn globals(old: &Config, new: &Config) -> Vec<Change> {
             out.push(Change { what: What::Changed, kind: "global", name: name.to_string(), fields, live_sessions: 0 });
         }
     };
+    // Port 0 asks for any port: the same address as the one it got, not a change.
+    let any_port = |a: Option<std::net::SocketAddr>, b: Option<std::net::SocketAddr>| match (a, b) {
+        (Some(a), Some(b)) if a.ip() == b.ip() && (a.port() == 0 || b.port() == 0) => Some(b),
+        _ => a,
+    };
     let admin = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     let token = |t: &Option<std::path::PathBuf>| t.as_ref().map_or("none".into(), |t| t.display().to_string());
     cmp("workers", old.workers.to_string(), new.workers.to_string());
     cmp("max_conns", old.max_conns.to_string(), new.max_conns.to_string());
-    cmp("admin", admin(old.admin), admin(new.admin));
+    cmp("admin", admin(any_port(old.admin, new.admin)), admin(new.admin));
     cmp("admin_token", token(&old.admin_token), token(&new.admin_token));
     cmp("drain_timeout", dur(old.drain_timeout), dur(new.drain_timeout));
     cmp("log", old.log_level.to_string(), new.log_level.to_string());

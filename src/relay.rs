@@ -166,6 +166,9 @@ pub struct Ready {
     /// epoll reported the peer's FIN or an error (sticky): reads must go on until they return
     /// EOF or the error, whatever a short read suggests.
     pub closed: bool,
+    /// epoll reported an error (`EPOLLERR`: the peer reset, or the connection timed out):
+    /// the connection is dead even if no call has failed yet (sticky).
+    pub error: bool,
 }
 
 /// Which end of a flow failed (reset, or any other error but WouldBlock and EINTR).

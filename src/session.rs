@@ -121,7 +121,7 @@ impl Session {
             tried: Vec::new(),
             phase: Phase::Connecting { since: now },
             // A fresh socket may already hold bytes: assume readable until a read says otherwise.
-            client_ready: Ready { readable: true, writable: true, closed: false },
+            client_ready: Ready { readable: true, writable: true, ..Ready::default() },
             backend_ready: Ready::default(),
             up: Flow::default(),
             down: Flow::default(),
@@ -148,6 +148,16 @@ impl Session {
         r.closed |= closed;
     }
 
+    /// epoll reported an error on `side`'s socket: its peer is gone. Noted, so the session
+    /// aborts at once instead of waiting for a call on that socket to fail, which may not come
+    /// while the other peer reads nothing (no room to read into, nothing to write).
+    pub fn note_error(&mut self, side: Side) {
+        match side {
+            Side::Client => self.client_ready.error = true,
+            Side::Backend => self.backend_ready.error = true,
+        }
+    }
+
     /// A new connect attempt started on `backend` towards `server`.
     pub fn connecting(&mut self, backend: TcpStream, server: Arc<ServerRuntime>, now: Instant) {
         self.backend = Some(backend);
@@ -162,7 +172,7 @@ impl Session {
             self.connect_time = Some(now.saturating_duration_since(since));
         }
         self.phase = Phase::Streaming;
-        self.backend_ready = Ready { readable: true, writable: true, closed: self.backend_ready.closed };
+        self.backend_ready = Ready { readable: true, writable: true, ..self.backend_ready };
         self.last_active = now;
     }
 
@@ -204,6 +214,15 @@ impl Session {
     fn stream(&mut self, now: Instant, pools: &mut Pools) -> Step {
         let backend = self.backend.as_ref().expect("invariant: streaming sessions have a backend");
         let (c, b) = (self.client.as_fd(), backend.as_fd());
+        let reported = match (self.client_ready.error, self.backend_ready.error) {
+            (true, _) => Some(Side::Client),
+            (_, true) => Some(Side::Backend),
+            _ => None,
+        };
+        if let Some(failed) = reported {
+            self.start_abort(failed, pools);
+            return self.abort(failed, now, pools);
+        }
         let last = self.down.done();
         let failed = match self.up.pump(
             c,
@@ -287,6 +306,10 @@ impl Session {
             }
         }
         if !flow.src_eof || flow.pending() > 0 {
+            // Stuck behind a peer that takes nothing: give up at the fin timeout, as below.
+            if now >= self.last_active + self.settings.timeouts.fin {
+                return Step::Close(cause);
+            }
             return Step::Continue;
         }
         // Every byte is in the survivor's send queue. Look at what its peer acknowledged.
@@ -402,8 +425,8 @@ impl Session {
         session.backend = Some(TcpStream::from_std(m.backend));
         session.server = Some(server);
         session.phase = Phase::Streaming;
-        session.client_ready = Ready { readable: true, writable: true, closed: false };
-        session.backend_ready = Ready { readable: true, writable: true, closed: false };
+        session.client_ready = Ready { readable: true, writable: true, ..Ready::default() };
+        session.backend_ready = Ready { readable: true, writable: true, ..Ready::default() };
         session.started = now.checked_sub(m.age).unwrap_or(now);
         session.last_active = now.checked_sub(m.idle).unwrap_or(now);
         session.connect_time = m.connect_time;

@@ -160,7 +160,7 @@ fn server(srv: &Server, rt: &ServerRuntime) -> ServerSnapshot {
     let mut out = ServerSnapshot {
         name: srv.name.clone(),
         address: srv.addr,
-        weight: srv.weight,
+        weight: rt.weight.load(Relaxed),
         backup: srv.backup,
         state,
         healthy,

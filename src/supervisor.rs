@@ -301,6 +301,9 @@ impl Supervisor {
 
     /// Stop accepting now; live sessions get until `deadline`.
     pub fn drain(&self, deadline: Instant) {
+        // The copies kept for an upgrade would keep the listening sockets open after the
+        // workers close theirs: the kernel would go on queueing clients for nobody.
+        self.listener_copies().clear();
         for w in &self.workers {
             w.send(WorkerMsg::Drain { deadline });
         }

@@ -79,35 +79,6 @@ fn weighted_round_robin_with_curl_is_exact() {
     assert_eq!(counts.len(), 2, "only the two weighted backends' bodies: {counts:?}");
 }
 
-#[derive(Debug, Default)]
-struct WrkResult {
-    requests: u64,
-    socket_errors: u64,
-    non_2xx: u64,
-}
-
-/// Parses wrk's report. Its "Socket errors: connect A, read B, write C, timeout D" and
-/// "Non-2xx or 3xx responses: N" lines appear only when non-zero.
-fn parse_wrk(out: &str) -> WrkResult {
-    let mut r = WrkResult::default();
-    let mut saw_requests = false;
-    for line in out.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("Socket errors:") {
-            for part in rest.split(',') {
-                let n = part.split_whitespace().last().and_then(|n| n.parse::<u64>().ok());
-                r.socket_errors += n.unwrap_or_else(|| panic!("cannot parse wrk line {line:?}"));
-            }
-        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            r.non_2xx = rest.trim().parse().unwrap_or_else(|_| panic!("cannot parse wrk line {line:?}"));
-        } else if line.contains(" requests in ") {
-            r.requests = line.split_whitespace().next().unwrap().parse().unwrap();
-            saw_requests = true;
-        }
-    }
-    assert!(saw_requests, "no 'N requests in' line in wrk's output:\n{out}");
-    r
-}
-
 #[test]
 fn wrk_parser_reads_errors() {
     let out = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 20 connections\n\
@@ -121,15 +92,7 @@ fn wrk_parser_reads_errors() {
 }
 
 fn run_wrk(addr: SocketAddr, close: bool) -> (WrkResult, String) {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c20", "-d3s", "--timeout", "5s"]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    let out = cmd.arg(format!("http://{addr}/")).output().expect("run wrk");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "wrk failed: {text}");
-    (parse_wrk(&text), text)
+    Wrk::start(addr, close, Duration::from_secs(3)).finish()
 }
 
 #[test]

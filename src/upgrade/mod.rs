@@ -174,6 +174,8 @@ fn introduce(sup: &Supervisor, link: &UnixStream, child: &mut Child) -> Result<u
 fn move_sessions(sup: &Supervisor, link: &UnixStream) -> usize {
     let moving = sup.hand_over_sessions();
     sup.retire();
+    // The new process holds the listening sockets now; this one's copies only kept them open.
+    sup.listener_copies().clear();
     let mut moved = 0;
     for batch in moving.chunks(wire::SESSIONS_PER_FRAME) {
         let outs: Vec<SessionOut> = batch.iter().map(session_out).collect();

@@ -192,6 +192,11 @@ impl Worker {
                         let closed = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || closed;
                         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                        if event.is_error() {
+                            if let Some(s) = self.sessions.get_mut(slot) {
+                                s.note_error(side);
+                            }
+                        }
                         self.on_session_event(slot, side, readable, writable, closed, now);
                     }
                 }

@@ -60,10 +60,21 @@ pub fn fetch(addr: impl ToSocketAddrs) -> String {
     String::from_utf8_lossy(&read_all(&mut c)).into_owned()
 }
 
+/// `GET path` with `limit` on the connect and on each read and write: (status, body), or the
+/// error (a refused or reset connection, a timeout, an answer that is not HTTP).
+pub fn http_get_timeout(addr: std::net::SocketAddr, path: &str, limit: std::time::Duration) -> io::Result<(u16, String)> {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    parse_http_response(&http_exchange_within(addr, req.as_bytes(), limit)?)
+}
+
 fn http_exchange(addr: std::net::SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    http_exchange_within(addr, request, IO_TIMEOUT)
+}
+
+fn http_exchange_within(addr: std::net::SocketAddr, request: &[u8], limit: std::time::Duration) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
     s.write_all(request)?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
