@@ -17,7 +17,8 @@
 //! - `H` hold: write `NAME\n`, wait for one byte from the client, then write `len` bytes of
 //!   stream `seed` and close first (so the balancer is not the side left in TIME_WAIT).
 //!
-//! With `--reset-after N`, `E` and `Q` reset the connection once N bytes have been written.
+//! With `--reset-after N`, `E` and `Q` reset the connection once N bytes have been written and
+//! acknowledged (`R` too, after its `len` bytes): every byte written reaches the balancer.
 //!
 //! `echo-loop` is a single-threaded mio echo server for many thousands of mostly idle
 //! connections, where a thread per connection would cost a pid each.
@@ -121,9 +122,30 @@ fn serve(opts: Opts) {
     }
 }
 
+/// Resets the connection once the balancer acknowledged every byte written to it: a reset
+/// throws away what this socket still holds, and a test that counts bytes must not count what
+/// this end lost (a balancer's job is every byte that reached it). A reader that takes nothing
+/// for 5 s gets the reset anyway.
 fn reset(s: TcpStream) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while unacked(&s) > 0 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
     let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
     drop(s);
+}
+
+/// Bytes written to `s` that the peer has not acknowledged (`SIOCOUTQ`); 0 on error.
+fn unacked(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // why unsafe: ioctl(SIOCOUTQ) writes one int into `n`, which we own.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc == 0 {
+        n
+    } else {
+        0
+    }
 }
 
 fn handle(mut s: TcpStream, opts: &Opts) -> io::Result<()> {

@@ -141,7 +141,7 @@ fn soak_mixed_load_with_random_server_kills_fails_no_request_a_retry_could_save(
     let ran = epoch.elapsed();
     let corrupt: Vec<&Outcome> = all.outs.iter().filter(|o| matches!(o.end, End::Corrupt(_))).collect();
     assert!(corrupt.is_empty(), "corrupted answers: {corrupt:?}");
-    let log = lab.shunt.sessions();
+    let log = lab.wait_all_logged();
     let codes = count_codes(&log);
     for bad in ["SC", "sC", "NC", "RC"] {
         assert!(!codes.contains_key(bad), "connect-phase failures reached clients: {codes:?}");

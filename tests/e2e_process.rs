@@ -111,6 +111,8 @@ fn a_stderr_nobody_reads_slows_no_session() {
     eprintln!("{SESSIONS} sessions with stderr stalled; {dropped} log lines dropped");
     assert!(dropped > 0.0, "the log queue overflowed and counted it");
     drop(stderr);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -165,9 +165,8 @@ fn a_removed_servers_live_stream_finishes_byte_exact_and_new_connections_avoid_i
 fn a_reload_binds_new_listeners_closes_removed_ones_and_keeps_the_others() {
     let a = EchoServer::start();
     // Listeners are matched by their spelling: the three binds use three loopback addresses.
-    let two = |second: &str| {
-        format!("admin 127.0.0.1:0\nservice web\n  bind 127.0.0.1:0\n  server a {}\n{second}", a.addr)
-    };
+    let two =
+        |second: &str| format!("admin 127.0.0.1:0\nservice web\n  bind 127.0.0.1:0\n  server a {}\n{second}", a.addr);
     let mut shunt = start_shunt(&two("service old\n  bind 127.0.0.2:0\n  server a 127.0.0.1:1\n"));
     let (web_addr, old_addr, admin) = (shunt.addr("web"), shunt.addr("old"), shunt.admin());
     // Held across the reload: a connection accepted by a listener that stays.
@@ -198,7 +197,8 @@ fn plan_and_dry_run_say_what_a_reload_would_do_and_change_nothing() {
     let out = Command::new(shunt_bin()).args(["--plan", "-c"]).arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["~ server web/a: weight 1 -> 3", "+ server web/c: address", "- server web/b: its live sessions go on"] {
+    for want in ["~ server web/a: weight 1 -> 3", "+ server web/c: address", "- server web/b: its live sessions go on"]
+    {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert_eq!(text.lines().count(), 3, "{text}");

@@ -54,7 +54,8 @@ fn an_upgrade_under_connection_close_load_fails_no_request() {
     let (a, b) = (Nginx::start("n1"), Nginx::start("n2"));
     let dir = TempDir::new("upgrade");
     let bin = binary_in(&dir);
-    let conf = format!("admin 127.0.0.1:0\nservice web\n  bind 127.0.0.1:0\n  server a {}\n  server b {}\n", a.addr, b.addr);
+    let conf =
+        format!("admin 127.0.0.1:0\nservice web\n  bind 127.0.0.1:0\n  server a {}\n  server b {}\n", a.addr, b.addr);
     let mut shunt = start_shunt_with(&bin, &conf, &[]);
     let addr = shunt.addr("web");
     let old = shunt.pid();
@@ -123,7 +124,12 @@ fn an_echo_stream_and_an_iperf3_run_straddle_two_upgrades_byte_exact() {
         let pid = _first;
         signal_pid(pid, libc::SIGUSR2);
         let line = wait_some(T, "the second upgrade", || {
-            fs::read_to_string(&log_path).ok()?.lines().filter(|l| l.contains("upgrade: this process (pid ")).nth(1).map(str::to_string)
+            fs::read_to_string(&log_path)
+                .ok()?
+                .lines()
+                .filter(|l| l.contains("upgrade: this process (pid "))
+                .nth(1)
+                .map(str::to_string)
         });
         let pid: u32 = line.split("(pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
         (pid, KillOnDrop::new(pid))

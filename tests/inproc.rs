@@ -149,7 +149,9 @@ fn http_check_takes_server_down_and_rise_brings_it_back() {
     };
     let (r, addr) = start(config(vec![svc]));
     let up = |r: &shunt::Running| r.stats.current().servers[0][0].up.load(Ordering::Relaxed);
-    wait_for(T, "first probe of a passes", || r.stats.current().servers[0][0].last_check.lock().unwrap().ok == Some(true));
+    wait_for(T, "first probe of a passes", || {
+        r.stats.current().servers[0][0].last_check.lock().unwrap().ok == Some(true)
+    });
     a_ok.store(false, Ordering::SeqCst);
     wait_for(T, "a marked down", || !up(&r));
     let detail = r.stats.current().servers[0][0].last_check.lock().unwrap().detail.clone();
@@ -172,7 +174,8 @@ fn backup_serves_only_while_every_regular_server_is_down() {
     let (r, addr) = start(config(vec![svc]));
     // Active probes find both regular servers dead; from then on the backup takes everything.
     wait_for(T, "regular servers down", || {
-        !r.stats.current().servers[0][0].up.load(Ordering::Relaxed) && !r.stats.current().servers[0][1].up.load(Ordering::Relaxed)
+        !r.stats.current().servers[0][0].up.load(Ordering::Relaxed)
+            && !r.stats.current().servers[0][1].up.load(Ordering::Relaxed)
     });
     for _ in 0..10 {
         let mut c = TcpStream::connect(addr).unwrap();

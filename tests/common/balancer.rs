@@ -92,6 +92,18 @@ impl Shunt {
         found
     }
 
+    /// Waits until every session shunt accepted has ended and been logged (see
+    /// [`all_logged`]), and returns the session lines. Needs the admin endpoint.
+    pub fn wait_all_logged(&mut self, timeout: Duration) -> Vec<Session> {
+        let admin = self.admin();
+        let mut found = Vec::new();
+        self.wait_until("every accepted session logged", timeout, |s| {
+            found = s.sessions();
+            all_logged(found.len(), &super::http::http_get(admin, "/metrics").1)
+        });
+        found
+    }
+
     /// Waits until the log has a line containing `needle` and returns the first such line.
     /// Panics (with the log) after `timeout`, or at once if shunt exits meanwhile.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
@@ -149,6 +161,21 @@ impl Shunt {
         });
         self.listening = up;
     }
+}
+
+/// Whether `logged` session lines are all there are: no session is open, and every connection
+/// the services accepted (`shunt_service_accepted_total`, summed) has its line. Session lines are
+/// written by shunt's log thread a moment after the session ends, so a test that reads them
+/// right after its traffic must wait for this first.
+pub fn all_logged(logged: usize, metrics: &str) -> bool {
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    sum("shunt_active_connections ") == 0.0 && sum("shunt_service_accepted_total{") == logged as f64
 }
 
 /// A shunt process started with `conf` but not waited for: for tests of start-up failures.

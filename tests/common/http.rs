@@ -62,7 +62,11 @@ pub fn fetch(addr: impl ToSocketAddrs) -> String {
 
 /// `GET path` with `limit` on the connect and on each read and write: (status, body), or the
 /// error (a refused or reset connection, a timeout, an answer that is not HTTP).
-pub fn http_get_timeout(addr: std::net::SocketAddr, path: &str, limit: std::time::Duration) -> io::Result<(u16, String)> {
+pub fn http_get_timeout(
+    addr: std::net::SocketAddr,
+    path: &str,
+    limit: std::time::Duration,
+) -> io::Result<(u16, String)> {
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     parse_http_response(&http_exchange_within(addr, req.as_bytes(), limit)?)
 }

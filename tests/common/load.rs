@@ -52,12 +52,8 @@ impl Wrk {
         if close {
             cmd.args(["-H", "Connection: close"]);
         }
-        let child = cmd
-            .arg(format!("http://{addr}/"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run wrk");
+        let child =
+            cmd.arg(format!("http://{addr}/")).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run wrk");
         Wrk { child }
     }
 

@@ -115,6 +115,16 @@ impl Lab {
         self.client(|| (0..n).map(|i| query(seed0 + i as u64, len, epoch)).collect())
     }
 
+    /// Waits until every session shunt accepted has ended and been logged; returns the lines.
+    pub fn wait_all_logged(&self) -> Vec<crate::common::Session> {
+        let mut found = Vec::new();
+        crate::common::wait_for(Duration::from_secs(20), "every accepted session logged", || {
+            found = self.shunt.sessions();
+            crate::common::all_logged(found.len(), &self.admin("/metrics").1)
+        });
+        found
+    }
+
     pub fn admin(&self, path: &str) -> (u16, String) {
         run_in(&self.topo.lb.name, || http_get(ADMIN, path))
     }
