@@ -191,8 +191,18 @@ fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
     let bin = binary_in(&dir);
     let real = fs::read(&bin).unwrap();
     let conf = format!("admin 127.0.0.1:0\nservice echo\n  bind 127.0.0.1:0\n  server e {}\n", echo.addr);
-    let mut shunt = start_shunt_with(&bin, &conf, &[]);
+    // systemd's view, through a socket of the test's: which process is the service's main one.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(T)).unwrap();
+    let notes = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut shunt = start_shunt_with(&bin, &conf, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
     let (addr, admin, pid) = (shunt.addr("echo"), shunt.admin(), shunt.pid());
+    assert_eq!(notes(), format!("READY=1\nMAINPID={pid}"));
     let mut live = connect(addr);
     live.write_all(b"before").unwrap();
     let mut got = [0u8; 6];
@@ -225,6 +235,10 @@ fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
     let new: u32 = body.split("pid ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let _guard = KillOnDrop::new(new);
     assert!(body.contains("1 established session(s)"), "the live session moved: {body}");
+    // The new process said it was ready, and the old one named it the main process.
+    let mut heard = vec![notes(), notes()];
+    heard.sort();
+    assert_eq!(heard, vec![format!("MAINPID={new}"), format!("READY=1\nMAINPID={new}")]);
     live.write_all(b"moved!").unwrap();
     live.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"moved!");
