@@ -1,4 +1,4 @@
-//! A test server for the fault-injection suite (`tests/e2e_faults.rs`): it runs as its own
+//! A test server for the fault-injection suite (`tests/e2e_faults_*.rs`): it runs as its own
 //! process inside a network namespace (`ip netns exec NS test_peer serve ...`), so a test can
 //! kill it, freeze it with SIGSTOP, restart it, or firewall it, as it would a real server.
 //!
