@@ -242,6 +242,11 @@ fn ephemeral_port_squeeze_fails_over_to_the_backup_then_refuses_cleanly_and_reco
         assert!(*took < CONNECT * 2 / 3, "client {i} waited {took:?} for its refusal");
     }
     assert!(lab.shunt.is_running());
+    // The refusals' lines come from the log thread a moment after the refusals themselves.
+    let refusal = |x: &Session| x.code == "NC" || x.code == "SC";
+    wait_for(T, "a line for every refusal", || {
+        lab.shunt.sessions().iter().filter(|x| refusal(x)).count() >= refused.len()
+    });
     let log = lab.shunt.log();
     assert!(log.contains("os error 99"), "EADDRNOTAVAIL logged:\n{log}");
     let m = lab.metrics();
