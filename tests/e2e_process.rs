@@ -68,18 +68,19 @@ fn a_stderr_nobody_reads_slows_no_session() {
     let dir = TempDir::new("stalled");
     let conf = conf(echo.addr, "admin 127.0.0.1:0\n", "");
     let path = write_file(&dir, "shunt.conf", conf.as_bytes());
-    let mut child = Command::new(shunt_bin())
-        .arg("-c")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shunt");
-    let _kill = KillOnDrop::new(child.id());
+    let mut child = Reaped(
+        Command::new(shunt_bin())
+            .arg("-c")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shunt"),
+    );
     // Read the start-up lines (where it listens), then never read stderr again.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut log = String::new();
     while !(log.contains("service s listening") && log.contains("admin endpoint listening")) {
         let mut line = String::new();
@@ -111,8 +112,16 @@ fn a_stderr_nobody_reads_slows_no_session() {
     eprintln!("{SESSIONS} sessions with stderr stalled; {dropped} log lines dropped");
     assert!(dropped > 0.0, "the log queue overflowed and counted it");
     drop(stderr);
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
