@@ -360,13 +360,10 @@ impl Session {
     }
 }
 
-/// A session as it moves to another process in a binary upgrade: both sockets, the bytes in
-/// flight (see `FlowState`), and what the session needs to go on where it stopped. Times are
-/// ages, since an `Instant` means nothing in another process.
-#[derive(Debug)]
-pub struct Moving {
-    pub client: std::net::TcpStream,
-    pub backend: std::net::TcpStream,
+/// What a moving session needs besides its descriptors and bytes in flight: its identity and
+/// its clock. Times are ages, since an `Instant` means nothing in another process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedMeta {
     pub client_addr: SocketAddr,
     pub service: String,
     pub server: String,
@@ -377,6 +374,15 @@ pub struct Moving {
     pub idle: Duration,
     pub connect_time: Option<Duration>,
     pub settings: Settings,
+}
+
+/// A session as it moves to another process in a binary upgrade: both sockets, the bytes in
+/// flight (see `FlowState`), and what it needs to go on where it stopped.
+#[derive(Debug)]
+pub struct Moving {
+    pub client: std::net::TcpStream,
+    pub backend: std::net::TcpStream,
+    pub meta: MovedMeta,
     pub up: FlowState,
     pub down: FlowState,
 }
@@ -392,9 +398,7 @@ impl Session {
     pub fn export(mut self, now: Instant, pools: &mut Pools) -> Moving {
         let backend = self.backend.take().expect("invariant: streaming sessions have a backend");
         let server = self.server.take().expect("invariant: streaming sessions have a server");
-        Moving {
-            client: self.client.into(),
-            backend: backend.into(),
+        let meta = MovedMeta {
             client_addr: self.client_addr,
             service: self.service.name.clone(),
             server: server.name.clone(),
@@ -403,6 +407,11 @@ impl Session {
             idle: now.saturating_duration_since(self.last_active),
             connect_time: self.connect_time,
             settings: self.settings,
+        };
+        Moving {
+            client: self.client.into(),
+            backend: backend.into(),
+            meta,
             up: self.up.export(pools),
             down: self.down.export(pools),
         }
@@ -421,15 +430,17 @@ impl Session {
     ) -> std::io::Result<Session> {
         m.client.set_nonblocking(true)?;
         m.backend.set_nonblocking(true)?;
-        let mut session = Session::new(id, service, TcpStream::from_std(m.client), m.client_addr, m.settings, now);
+        let meta = &m.meta;
+        let mut session =
+            Session::new(id, service, TcpStream::from_std(m.client), meta.client_addr, meta.settings, now);
         session.backend = Some(TcpStream::from_std(m.backend));
         session.server = Some(server);
         session.phase = Phase::Streaming;
         session.client_ready = Ready { readable: true, writable: true, ..Ready::default() };
         session.backend_ready = Ready { readable: true, writable: true, ..Ready::default() };
-        session.started = now.checked_sub(m.age).unwrap_or(now);
-        session.last_active = now.checked_sub(m.idle).unwrap_or(now);
-        session.connect_time = m.connect_time;
+        session.started = now.checked_sub(meta.age).unwrap_or(now);
+        session.last_active = now.checked_sub(meta.idle).unwrap_or(now);
+        session.connect_time = meta.connect_time;
         session.up = Flow::import(m.up, pools)?;
         session.down = match Flow::import(m.down, pools) {
             Ok(flow) => flow,

@@ -204,18 +204,7 @@ fn move_sessions(sup: &Supervisor, link: &UnixStream) -> usize {
 }
 
 fn session_out(m: &Moving) -> SessionOut {
-    SessionOut {
-        client_addr: m.client_addr,
-        service: m.service.clone(),
-        server: m.server.clone(),
-        server_addr: m.server_addr,
-        age: m.age,
-        idle: m.idle,
-        connect_time: m.connect_time,
-        settings: m.settings,
-        up: FlowOut::of(&m.up),
-        down: FlowOut::of(&m.down),
-    }
+    SessionOut { meta: m.meta.clone(), up: FlowOut::of(&m.up), down: FlowOut::of(&m.down) }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -364,20 +353,7 @@ fn rebuild(outs: Vec<SessionOut>, fds: Vec<OwnedFd>) -> Vec<Moving> {
             };
             let up = flow(s.up);
             let down = flow(s.down);
-            Moving {
-                client,
-                backend,
-                client_addr: s.client_addr,
-                service: s.service,
-                server: s.server,
-                server_addr: s.server_addr,
-                age: s.age,
-                idle: s.idle,
-                connect_time: s.connect_time,
-                settings: s.settings,
-                up,
-                down,
-            }
+            Moving { client, backend, meta: s.meta, up, down }
         })
         .collect()
 }

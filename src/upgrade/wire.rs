@@ -8,7 +8,7 @@
 
 use crate::config::{Splice, Timeouts};
 use crate::relay::{FlowState, Held};
-use crate::session::Settings;
+use crate::session::{MovedMeta, Settings};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -107,15 +107,7 @@ impl Hello {
 /// frame is: client, backend, then each flow's pipe (read, write) if it has one (up first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOut {
-    pub client_addr: SocketAddr,
-    pub service: String,
-    pub server: String,
-    pub server_addr: SocketAddr,
-    pub age: Duration,
-    pub idle: Duration,
-    pub connect_time: Option<Duration>,
-    pub settings: Settings,
-    /// `held` of a pipe flow carries placeholder descriptors until the receiver fills them in.
+    pub meta: MovedMeta,
     pub up: FlowOut,
     pub down: FlowOut,
 }
@@ -211,7 +203,7 @@ impl Writer {
 
     pub fn sessions(&mut self, list: &[SessionOut]) {
         self.u32(list.len() as u32);
-        for s in list {
+        for SessionOut { meta: s, up, down } in list {
             self.str(&s.client_addr.to_string());
             self.str(&s.service);
             self.str(&s.server);
@@ -235,7 +227,7 @@ impl Writer {
                 self.ms(d);
             }
             self.u32(s.settings.retries);
-            for f in [&s.up, &s.down] {
+            for f in [up, down] {
                 self.u64(f.delivered);
                 self.u8(u8::from(f.src_eof) | u8::from(f.dst_shut) << 1 | u8::from(f.bulk) << 2);
                 match &f.held {
@@ -397,18 +389,8 @@ impl<'a> Reader<'a> {
                 });
             }
             let [Some(up), Some(down)] = flows else { unreachable!("both flows were read") };
-            out.push(SessionOut {
-                client_addr,
-                service,
-                server,
-                server_addr,
-                age,
-                idle,
-                connect_time,
-                settings,
-                up,
-                down,
-            });
+            let meta = MovedMeta { client_addr, service, server, server_addr, age, idle, connect_time, settings };
+            out.push(SessionOut { meta, up, down });
         }
         self.end()?;
         let wanted: usize = out.iter().map(SessionOut::fds).sum();
@@ -477,7 +459,7 @@ mod tests {
         assert_eq!(Reader::new(&w.0).hello(3), Ok(hello));
         assert!(Reader::new(&w.0).hello(2).is_err(), "descriptor count checked");
 
-        let s = SessionOut {
+        let meta = MovedMeta {
             client_addr: "127.0.0.1:5".parse().unwrap(),
             service: "web".into(),
             server: "a".into(),
@@ -486,16 +468,15 @@ mod tests {
             idle: Duration::from_millis(5),
             connect_time: Some(Duration::from_millis(2)),
             settings: Settings { splice: Splice::Off, timeouts: Timeouts::default(), retries: 2 },
-            up: flow(HeldOut::Pipe { pending: 99 }),
-            down: flow(HeldOut::Bytes(b"abc".to_vec())),
         };
+        let s =
+            SessionOut { meta, up: flow(HeldOut::Pipe { pending: 99 }), down: flow(HeldOut::Bytes(b"abc".to_vec())) };
         let mut w = Writer::default();
         w.sessions(std::slice::from_ref(&s));
+        let len = w.0.len();
         let back = Reader::new(&w.0).sessions(4).unwrap();
-        assert_eq!(back.len(), 1);
-        assert_eq!((back[0].up.clone(), back[0].down.clone()), (s.up, s.down));
-        assert_eq!((back[0].age, back[0].settings), (s.age, s.settings));
-        assert_eq!(parse_header(&header(Kind::Sessions, w.0.len())), Ok((Kind::Sessions, w.0.len())));
+        assert_eq!(back, vec![s]);
+        assert_eq!(parse_header(&header(Kind::Sessions, len)), Ok((Kind::Sessions, len)));
     }
 
     #[test]

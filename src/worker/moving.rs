@@ -41,21 +41,22 @@ impl Worker {
     /// are already connected.
     pub(super) fn adopt(&mut self, sessions: Vec<Moving>, now: Instant) {
         for m in sessions {
-            let pool = self.pools.iter().position(|p| p.rt.name == m.service);
+            let meta = &m.meta;
+            let pool = self.pools.iter().position(|p| p.rt.name == meta.service);
             let service = match pool {
                 Some(p) => Arc::clone(&self.pools[p].rt),
-                None => Arc::new(ServiceRuntime::new(&m.service, self.stats.workers.len())),
+                None => Arc::new(ServiceRuntime::new(&meta.service, self.stats.workers.len())),
             };
             let known = pool.and_then(|p| {
-                self.pools[p].servers.iter().find(|v| v.rt.name == m.server && v.rt.addr == m.server_addr)
+                self.pools[p].servers.iter().find(|v| v.rt.name == meta.server && v.rt.addr == meta.server_addr)
             });
             let server = match known {
                 Some(v) => Arc::clone(&v.rt),
-                None => Arc::new(ServerRuntime::detached(&m.server, m.server_addr, self.stats.workers.len())),
+                None => Arc::new(ServerRuntime::detached(&meta.server, meta.server_addr, self.stats.workers.len())),
             };
             let id = self.next_id;
             self.next_id += 1;
-            let (client, peer) = (m.client_addr, format!("{}/{}", m.service, m.server));
+            let (client, peer) = (meta.client_addr, format!("{}/{}", meta.service, meta.server));
             let session = match Session::import(m, id, Arc::clone(&service), Arc::clone(&server), now, &mut self.relay)
             {
                 Ok(s) => s,
