@@ -468,7 +468,6 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener};
-    use std::os::fd::AsRawFd;
 
     const CONNECT: Duration = Duration::from_secs(2);
     const IDLE: Duration = Duration::from_secs(60);
@@ -486,11 +485,8 @@ mod tests {
     }
 
     /// Blocks until `fd` is readable (a readiness check, not a sleep).
-    fn wait_readable(fd: &impl AsRawFd) {
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // why unsafe: poll(2) on one pollfd we own.
-        let n = unsafe { libc::poll(&mut p, 1, 5000) };
-        assert_eq!(n, 1, "socket did not become readable");
+    fn wait_readable(fd: &impl AsFd) {
+        assert!(sys::wait_readable(fd.as_fd(), 5000).unwrap(), "socket did not become readable");
     }
 
     struct Fixture {

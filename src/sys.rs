@@ -239,3 +239,13 @@ pub fn inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     // this process refers to it: OwnedFd becomes its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
+
+/// Waits up to `ms` milliseconds for `fd` to be readable (poll(2)); for tests that need a
+/// readiness check rather than a sleep.
+#[cfg(test)]
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll(2) on one pollfd we own, for a descriptor the caller keeps open.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    cvt(n as isize).map(|n| n == 1)
+}
