@@ -156,6 +156,10 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
     cmp("timeout connect", dur(o.timeouts.connect), dur(s.timeouts.connect));
     cmp("timeout idle", dur(o.timeouts.idle), dur(s.timeouts.idle));
     cmp("timeout fin", dur(o.timeouts.fin), dur(s.timeouts.fin));
+    cmp("timeout handshake", dur(o.timeouts.handshake), dur(s.timeouts.handshake));
+    let tls =
+        |s: &Service| s.tls.as_ref().map_or("none".into(), |t| crate::config::tls_lines(t).trim().replace('\n', ";"));
+    cmp("tls", tls(o), tls(s));
     cmp("timeout queue", dur(o.queue_timeout), dur(s.queue_timeout));
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));

@@ -472,7 +472,7 @@ mod tests {
     const CONNECT: Duration = Duration::from_secs(2);
     const IDLE: Duration = Duration::from_secs(60);
     const FIN: Duration = Duration::from_secs(5);
-    const TIMEOUTS: Timeouts = Timeouts { connect: CONNECT, idle: IDLE, fin: FIN };
+    const TIMEOUTS: Timeouts = Timeouts { connect: CONNECT, idle: IDLE, fin: FIN, handshake: Duration::from_secs(5) };
 
     /// (our non-blocking end, the peer's blocking end)
     fn pair() -> (TcpStream, std::net::TcpStream) {

@@ -6,10 +6,11 @@
 
 mod lexer;
 mod parse;
+mod parse_tls;
 mod render;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
-pub use render::{check as check_text, duration as duration_text, render};
+pub use render::{check as check_text, duration as duration_text, render, tls_lines};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,6 +70,49 @@ pub struct Service {
     pub queue_timeout: Duration,
     /// `splice on|off|always`: how plain TCP moves (see [`Splice`]).
     pub splice: Splice,
+    /// `tls ...` lines: TLS is terminated for this service's clients. `None`: plain TCP.
+    pub tls: Option<Tls>,
+}
+
+/// What a service's `tls` lines say. The files are read (and checked: a key that does not match
+/// its certificate is an error) when the configuration is loaded, by `crate::tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// `tls cert FILE key FILE`, in file order: chosen by the client's SNI, the first when none
+    /// matches.
+    pub certs: Vec<CertKey>,
+    /// `tls versions`: TLS 1.2 and 1.3 by default (rustls has nothing older).
+    pub versions: Vec<TlsVersion>,
+    /// `tls alpn`: protocols offered, in preference order (none by default).
+    pub alpn: Vec<String>,
+    /// `tls client_ca FILE` and its line: clients must present a certificate this CA signed.
+    pub client_ca: Option<(PathBuf, usize)>,
+    /// The first `tls` line (for messages).
+    pub line: usize,
+}
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKey {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    /// The conf spelling: `1.2`, `1.3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        }
+    }
 }
 
 /// The deadlines of one session. A session copies its service's when it starts, so a reload's
@@ -84,11 +128,19 @@ pub struct Timeouts {
     /// `timeout client-fin`/`server-fin`; without it a half-closed session would wait out the
     /// idle timeout.
     pub fin: Duration,
+    /// `timeout handshake`: the whole TLS handshake, never reset per byte (a client sending a
+    /// byte now and then cannot hold a session open).
+    pub handshake: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(5), idle: Duration::from_secs(600), fin: Duration::from_secs(30) }
+        Timeouts {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(600),
+            fin: Duration::from_secs(30),
+            handshake: Duration::from_secs(5),
+        }
     }
 }
 

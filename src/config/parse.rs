@@ -21,11 +21,11 @@ use super::lexer::{
 use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice, Timeouts};
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
-const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice"];
+const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
 const RESERVED: &[&str] =
-    &["tls", "allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
+    &["route", "allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -40,7 +40,7 @@ const MAX_RISE_FALL: u64 = 1000;
 /// Connection caps: `Server::maxconn` is a `u32`.
 const MAX_COUNT: u64 = u32::MAX as u64;
 
-type Res<T> = Result<T, String>;
+pub(super) type Res<T> = Result<T, String>;
 
 /// Reads `path` and parses it; an unreadable file is one error on line 0.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -95,7 +95,7 @@ fn parse_with(bytes: &[u8], file: &Path, resolve: Resolver) -> Result<Config, Ve
 
 /// Where each singleton directive (or server name, as `server NAME`) was first given, to report a
 /// second one.
-type Seen = Vec<(String, usize)>;
+pub(super) type Seen = Vec<(String, usize)>;
 
 struct Parser {
     /// Globals filled in place; `services` stays empty until `finish`.
@@ -116,6 +116,8 @@ struct Block {
     /// Any `bind` line, valid or not, so "no bind" never echoes an error already reported.
     any_bind: bool,
     any_server: bool,
+    /// A `tls` line had an error: "no certificate" would only echo it.
+    tls_broken: bool,
 }
 
 impl Block {
@@ -133,16 +135,18 @@ impl Block {
                 max_conns: None,
                 queue_timeout: Duration::from_secs(5),
                 splice: Splice::Auto,
+                tls: None,
             },
             seen: Vec::new(),
             named: false,
             any_bind: false,
             any_server: false,
+            tls_broken: false,
         }
     }
 }
 
-fn once(seen: &mut Seen, key: &str, line: usize) -> Res<()> {
+pub(super) fn once(seen: &mut Seen, key: &str, line: usize) -> Res<()> {
     match seen.iter().find(|(k, _)| k == key) {
         Some((_, first)) => Err(format!("duplicate \"{key}\" (first given on line {first}): keep only one")),
         None => {
@@ -251,6 +255,11 @@ impl Parser {
                 let e = format!("service {name} has no bind line: add one, e.g. \"bind *:8080\"");
                 self.errors.push((b.svc.line, e));
             }
+            if let Some(tls) = b.svc.tls.as_ref().filter(|_| !b.tls_broken) {
+                if let Err(e) = super::parse_tls::check(tls) {
+                    self.errors.push((tls.line, e));
+                }
+            }
             if !b.any_server {
                 let e = format!(
                     "service {name} has no server line: \
@@ -349,6 +358,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
         "bind" => bind(b, a, n),
         "server" => server(b, a, n, resolve),
         "timeout" => timeout(b, a, n),
+        "tls" => super::parse_tls::tls_line(&mut b.svc.tls, &mut b.seen, a, n).inspect_err(|_| b.tls_broken = true),
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
             Ok(())
@@ -437,7 +447,7 @@ fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
 
 fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     let [kind, d] = a else {
-        return Err(arity("timeout connect|idle|fin|queue DURATION"));
+        return Err(arity("timeout connect|idle|fin|handshake|queue DURATION"));
     };
     match text(kind)? {
         "connect" => {
@@ -452,11 +462,15 @@ fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
             once(&mut b.seen, "timeout fin", n)?;
             b.svc.timeouts.fin = duration("fin ", text(d)?, false)?;
         }
+        "handshake" => {
+            once(&mut b.seen, "timeout handshake", n)?;
+            b.svc.timeouts.handshake = duration("handshake ", text(d)?, false)?;
+        }
         "queue" => {
             once(&mut b.seen, "timeout queue", n)?;
             b.svc.queue_timeout = duration("queue ", text(d)?, true)?;
         }
-        k => return Err(choice("kind", k, &["connect", "idle", "fin", "queue"])),
+        k => return Err(choice("kind", k, &["connect", "idle", "fin", "handshake", "queue"])),
     }
     Ok(())
 }
@@ -533,7 +547,7 @@ fn resolve(host: &str, port: u16) -> Res<SocketAddr> {
     addrs.next().ok_or_else(|| format!("{} resolves to no address", show(host)))
 }
 
-fn text(t: &Token) -> Res<&str> {
+pub(super) fn text(t: &Token) -> Res<&str> {
     t.text().ok_or_else(|| {
         "argument is not valid UTF-8 text (only check send/expect strings may hold raw bytes)".to_string()
     })
@@ -570,7 +584,7 @@ fn value<'t>(it: &mut slice::Iter<'t, Token>, example: &str) -> Res<&'t str> {
     }
 }
 
-fn arity(syntax: &str) -> String {
+pub(super) fn arity(syntax: &str) -> String {
     format!("wrong number of arguments, expected: {syntax}")
 }
 
@@ -586,7 +600,7 @@ fn unknown(kw: &str, service: Option<&str>) -> String {
     e
 }
 
-fn choice(what: &str, got: &str, options: &[&str]) -> String {
+pub(super) fn choice(what: &str, got: &str, options: &[&str]) -> String {
     let mut e = format!("unknown {what} {}: expected one of {}", show(got), options.join(", "));
     if let Some(s) = closest(got, options.iter().copied()) {
         e.push_str(&format!(" (did you mean \"{s}\"?)"));

@@ -118,8 +118,12 @@ service s
     let (interval, timeout) = (Duration::from_millis(250), Duration::from_secs(5));
     cache.check = Check { kind, interval, timeout, rise: 1, fall: 10, port: Some(6400) };
     cache.retries = 0;
-    cache.timeouts =
-        Timeouts { connect: Duration::from_millis(100), idle: Duration::from_secs(3600), fin: Duration::from_secs(2) };
+    cache.timeouts = Timeouts {
+        connect: Duration::from_millis(100),
+        idle: Duration::from_secs(3600),
+        fin: Duration::from_secs(2),
+        ..Timeouts::default()
+    };
     cache.queue_timeout = Duration::ZERO;
     cache.max_conns = Some(500);
     cache.splice = Splice::Off;
@@ -180,6 +184,7 @@ fn defaults() {
         max_conns: None,
         queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
+        tls: None,
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -321,7 +326,13 @@ error_cases! {
         => 4, r#"unknown directive "sever" in service "web" (did you mean "server"?)"#;
     unknown_global_directive: ok!("Workers 2\n" +)
         => 1, r#"unknown directive "Workers" (did you mean "workers"?)"#;
-    reserved_tls: ok!(+ "tls cert a key b\n") => 4, r#""tls" is not supported yet"#;
+    reserved_route: ok!(+ "route sni a.example.com web\n") => 4, r#""route" is not supported yet"#;
+    tls_without_cert: ok!(+ "tls alpn h2\n") => 4, "tls: no certificate: add \"tls cert FILE key FILE\"";
+    tls_cert_without_key: ok!(+ "tls cert a.pem\n") => 4, "expected: tls cert FILE key FILE";
+    tls_old_version: ok!(+ "tls cert a key b\ntls versions 1.1 1.2\n") => 5, "version 1.1 is insecure";
+    tls_unknown_kind: ok!(+ "tls certs a key b\n") => 4, r#"unknown kind "certs""#;
+    tls_alpn_twice: ok!(+ "tls cert a key b\ntls alpn h2\ntls alpn h2\n") => 6, "duplicate \"tls alpn\"";
+    handshake_timeout_zero: ok!(+ "timeout handshake 0s\n") => 4, "handshake duration 0s must be greater than zero";
     reserved_allow: ok!(+ "allow 10.0.0.0/8\n") => 4, r#""allow" is not supported yet"#;
     reserved_deny: ok!("deny 0.0.0.0/0\n" +) => 1, r#""deny" is not supported yet"#;
     reserved_max_conns_per_ip: ok!(+ "max_conns_per_ip 5\n")
@@ -359,7 +370,7 @@ error_cases! {
         => 4, r#"expected: check send "BYTES" expect "BYTES" [options]"#;
     arity_check_http: ok!(+ "check http GET / 200\n")
         => 4, "check http METHOD PATH expect STATUS";
-    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle|fin|queue DURATION";
+    arity_timeout: ok!(+ "timeout connect\n") => 4, "expected: timeout connect|idle|fin|handshake|queue DURATION";
     duplicate_timeout_queue: ok!(+ "timeout queue 1s\ntimeout queue 2s\n")
         => 5, r#"duplicate "timeout queue" (first given on line 4)"#;
     queue_timeout_negative: ok!(+ "timeout queue -1s\n")
@@ -392,7 +403,7 @@ error_cases! {
     balance_unknown: ok!(+ "balance leastconns\n") => 4, r#"did you mean "leastconn"?"#;
     splice_unknown: ok!(+ "splice yes\n") => 4, "expected one of on, off, always";
     timeout_unknown_kind: ok!(+ "timeout read 1s\n")
-        => 4, r#"unknown kind "read": expected one of connect, idle, fin, queue"#;
+        => 4, r#"unknown kind "read": expected one of connect, idle, fin, handshake, queue"#;
     check_unknown_kind: ok!(+ "check tpc\n") => 4, r#"(did you mean "tcp"?)"#;
     check_unknown_option: ok!(+ "check tcp intervall 2s\n")
         => 4, r#"one of interval, timeout, rise, fall, port (did you mean "interval"?)"#;

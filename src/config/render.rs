@@ -3,7 +3,7 @@
 //! the text gives the same value back (line numbers aside); server host names appear as the
 //! addresses they resolved to, and secrets stay file names.
 
-use super::{Check, CheckKind, Config, Splice, StatusMatch};
+use super::{Check, CheckKind, Config, Splice, StatusMatch, Tls};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -48,6 +48,7 @@ pub fn render(c: &Config) -> String {
         let _ = writeln!(o, "  timeout connect {}", duration(t.connect));
         let _ = writeln!(o, "  timeout idle {}", duration(t.idle));
         let _ = writeln!(o, "  timeout fin {}", duration(t.fin));
+        let _ = writeln!(o, "  timeout handshake {}", duration(t.handshake));
         let _ = writeln!(o, "  timeout queue {}", duration(s.queue_timeout));
         if let Some(m) = s.max_conns {
             let _ = writeln!(o, "  max_conns {m}");
@@ -58,6 +59,28 @@ pub fn render(c: &Config) -> String {
             Splice::Off => "off",
         };
         let _ = writeln!(o, "  splice {splice}");
+        if let Some(tls) = &s.tls {
+            o.push_str(&tls_lines(tls));
+        }
+    }
+    o
+}
+
+/// A service's `tls` lines.
+pub fn tls_lines(t: &Tls) -> String {
+    let mut o = String::new();
+    for c in &t.certs {
+        let (cert, key) = (quote(c.cert.as_os_str().as_encoded_bytes()), quote(c.key.as_os_str().as_encoded_bytes()));
+        let _ = writeln!(o, "  tls cert {cert} key {key}");
+    }
+    let versions: Vec<&str> = t.versions.iter().map(|v| v.name()).collect();
+    let _ = writeln!(o, "  tls versions {}", versions.join(" "));
+    if !t.alpn.is_empty() {
+        let alpn: Vec<String> = t.alpn.iter().map(|p| quote(p.as_bytes())).collect();
+        let _ = writeln!(o, "  tls alpn {}", alpn.join(" "));
+    }
+    if let Some((ca, _)) = &t.client_ca {
+        let _ = writeln!(o, "  tls client_ca {}", quote(ca.as_os_str().as_encoded_bytes()));
     }
     o
 }
@@ -132,6 +155,13 @@ mod tests {
         c.path = "x".into();
         for s in &mut c.services {
             s.line = 0;
+            if let Some(t) = &mut s.tls {
+                t.line = 0;
+                t.certs.iter_mut().for_each(|c| c.line = 0);
+                if let Some((_, line)) = &mut t.client_ca {
+                    *line = 0;
+                }
+            }
             s.binds.iter_mut().for_each(|b| b.line = 0);
             s.servers.iter_mut().for_each(|v| v.line = 0);
         }
@@ -153,6 +183,8 @@ mod tests {
              service web\n bind *:8080\n bind [::1]:8081\n bind 0.0.0.0:8082\n server a 127.0.0.1:1 weight 0 backup disabled maxconn 7\n\
              server b [::1]:2\n check http HEAD /h?x=1 expect 2xx interval 5m timeout 1500ms rise 4 fall 5 port 99\n\
              retries 0\n timeout connect 1h\n timeout idle 90s\n timeout fin 2s\n timeout queue 0s\n max_conns 9\n splice off\n\
+             timeout handshake 3s\n tls cert a.pem key \"b c.key\"\n tls cert d.pem key e.key\n tls versions 1.3\n\
+             tls alpn h2 http/1.1\n tls client_ca ca.pem\n\
              service r\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check send \"PING\\r\\n\\x00\\\"\\\\\" expect \"+PONG\\xff\"\n\
              service t\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check tcp\n splice always\n",
         );

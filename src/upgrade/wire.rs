@@ -368,7 +368,9 @@ impl<'a> Reader<'a> {
                 2 => Splice::Off,
                 b => return Err(format!("bad splice mode {b}")),
             };
-            let timeouts = Timeouts { connect: self.ms()?, idle: self.ms()?, fin: self.ms()? };
+            // A moving session is past any handshake: its handshake timeout does not travel.
+            let (t_connect, t_idle, t_fin) = (self.ms()?, self.ms()?, self.ms()?);
+            let timeouts = Timeouts { connect: t_connect, idle: t_idle, fin: t_fin, ..Timeouts::default() };
             let settings = Settings { splice, timeouts, retries: self.u32()? };
             let mut flows = [None, None];
             for f in &mut flows {

@@ -34,10 +34,12 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
             connect: Duration::from_secs(2),
             idle: Duration::from_secs(60),
             fin: Duration::from_secs(30),
+            handshake: Duration::from_secs(5),
         },
         max_conns: None,
         queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
+        tls: None,
     }
 }
 
