@@ -22,6 +22,9 @@ pub enum StartError {
         what: &'static str,
         error: io::Error,
     },
+    /// The configuration cannot be used as it is (a TLS certificate or key that does not load):
+    /// every error, as `FILE:LINE: message`.
+    Config(Vec<crate::config::ConfigError>),
 }
 
 impl fmt::Display for StartError {
@@ -43,6 +46,10 @@ impl fmt::Display for StartError {
                 }
             }
             StartError::Io { what, error } => write!(f, "{what}: {error}"),
+            StartError::Config(errors) => {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                write!(f, "{}", lines.join("\n"))
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod supervisor;
 mod sys;
 mod timer;
+pub mod tls;
 mod token;
 pub mod upgrade;
 mod worker;

@@ -75,10 +75,15 @@ pub enum Cause {
     Resource,
     /// Closed by shutdown at the end of `drain_timeout`.
     Killed,
+    /// The TLS handshake failed (a protocol error, no shared version or cipher, a client
+    /// certificate refused).
+    TlsError,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The TLS handshake with the client.
+    Handshake,
     Connect,
     Data,
 }
@@ -94,8 +99,30 @@ pub fn term_code(cause: Cause, phase: Phase) -> [char; 2] {
         Cause::NoServer => 'N',
         Cause::Resource => 'R',
         Cause::Killed => 'K',
+        Cause::TlsError => 'H',
     };
-    [who, if phase == Phase::Connect { 'C' } else { 'D' }]
+    let when = match phase {
+        Phase::Handshake => 'H',
+        Phase::Connect => 'C',
+        Phase::Data => 'D',
+    };
+    [who, when]
+}
+
+/// The TLS part of a session line: ` tls=1.3 cipher=… sni=… alpn=…`, and ` truncated` when the
+/// client's FIN came without a close_notify.
+pub fn tls_fields(info: &crate::tls::TlsInfo, truncated: bool) -> String {
+    let mut out = format!(" tls={} cipher={}", info.version, info.cipher);
+    if let Some(sni) = &info.sni {
+        out.push_str(&format!(" sni={sni}"));
+    }
+    if let Some(alpn) = &info.alpn {
+        out.push_str(&format!(" alpn={alpn}"));
+    }
+    if truncated {
+        out.push_str(" truncated");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -119,5 +146,7 @@ mod tests {
         assert_eq!(term_code(Cause::ServerAbort, Phase::Connect), ['S', 'C']);
         assert_eq!(term_code(Cause::IdleTimeout, Phase::Data), ['T', 'D']);
         assert_eq!(term_code(Cause::ConnectTimeout, Phase::Connect), ['s', 'C']);
+        assert_eq!(term_code(Cause::TlsError, Phase::Handshake), ['H', 'H']);
+        assert_eq!(term_code(Cause::IdleTimeout, Phase::Handshake), ['T', 'H']);
     }
 }

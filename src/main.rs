@@ -58,8 +58,10 @@ fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Result<Opti
     Ok(Some(args))
 }
 
+/// Reads and checks FILE whole: its text, and the certificate and key files its `tls` lines
+/// name (so `--check` catches a key that does not match its certificate).
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    config::load(path).map_err(|errors| {
+    config::load(path).and_then(|c| shunt::tls::server_configs(&c).map(|_| c)).map_err(|errors| {
         for e in &errors {
             eprintln!("{e}");
         }
@@ -200,6 +202,9 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("shunt: {e}");
+            if let shunt::StartError::Config(_) = e {
+                return ExitCode::from(1);
+            }
             if let Some(i) = &inherited {
                 i.failed(&e.to_string());
             }

@@ -8,6 +8,7 @@
 
 use crate::config::Splice;
 use crate::sys;
+use crate::tls::TlsEnd;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -171,6 +172,19 @@ pub struct Ready {
     pub error: bool,
 }
 
+/// Where a flow reads from or writes to: a socket, or the TLS endpoint over the client's socket
+/// (which only the copy path can use: splice cannot decrypt).
+pub enum End<'a> {
+    Sock(BorrowedFd<'a>),
+    Tls(&'a mut TlsEnd, BorrowedFd<'a>),
+}
+
+impl End<'_> {
+    fn is_tls(&self) -> bool {
+        matches!(self, End::Tls(..))
+    }
+}
+
 /// Which end of a flow failed (reset, or any other error but WouldBlock and EINTR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowError {
@@ -218,8 +232,8 @@ impl Flow {
     #[allow(clippy::too_many_arguments)] // why: both ends and both readiness views are the flow's inputs
     pub fn pump(
         &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
+        mut src: End<'_>,
+        mut dst: End<'_>,
         src_ready: &mut Ready,
         dst_ready: &mut Ready,
         pools: &mut Pools,
@@ -238,11 +252,12 @@ impl Flow {
             let mut progress = false;
             if self.pending > 0 && dst_ready.writable {
                 let chan = self.chan.as_mut().expect("invariant: pending > 0 implies a channel");
-                match drain(chan, dst, self.pending) {
+                match drain(chan, &mut dst, self.pending) {
                     Ok(n) => {
                         // A short write means the socket buffer is full: the kernel reports
                         // writability again when it drains, so skip the EAGAIN round trip.
-                        if n < self.pending {
+                        // (Not so for TLS, which takes at most a buffer's worth at a time.)
+                        if n < self.pending && !dst.is_tls() {
                             dst_ready.writable = false;
                         }
                         self.pending -= n;
@@ -267,13 +282,15 @@ impl Flow {
                 }
             }
             if !self.src_eof && src_ready.readable && self.chan.as_ref().is_none_or(|c| self.pending < c.capacity()) {
-                let want_pipe = match splice {
-                    Splice::Always => true,
-                    Splice::Auto => self.bulk,
-                    Splice::Off => false,
-                };
+                let want_pipe = !src.is_tls()
+                    && !dst.is_tls()
+                    && match splice {
+                        Splice::Always => true,
+                        Splice::Auto => self.bulk,
+                        Splice::Off => false,
+                    };
                 let chan = self.chan.get_or_insert_with(|| pools.take(want_pipe));
-                match fill(chan, src, self.pending) {
+                match fill(chan, &mut src, self.pending) {
                     Ok((0, _)) => {
                         self.src_eof = true;
                         progress = true;
@@ -294,7 +311,8 @@ impl Flow {
                                 // A short read drained the socket (TCP reads return what is
                                 // queued): new data raises a new edge. Unless the peer already
                                 // closed: then the EOF is queued too and must be read now.
-                                if n < asked && !src_ready.closed {
+                                // (Not so for TLS: rustls may hold more records.)
+                                if n < asked && !src_ready.closed && !src.is_tls() {
                                     src_ready.readable = false;
                                 }
                             }
@@ -333,10 +351,16 @@ impl Flow {
         }
         if self.src_eof && self.pending == 0 && !self.dst_shut {
             self.dst_shut = true;
-            if !last {
-                // why ignore errors: ENOTCONN means the peer is already gone; the next read
-                // or write on it reports that with the right side attached.
-                let _ = socket2::SockRef::from(&dst).shutdown(std::net::Shutdown::Write);
+            match &mut dst {
+                // The end of a TLS stream is a close_notify, sent even when the session closes
+                // right after (the TCP FIN alone would look like a truncation).
+                End::Tls(tls, fd) => tls.close_notify(*fd),
+                End::Sock(fd) if !last => {
+                    // why ignore errors: ENOTCONN means the peer is already gone; the next read
+                    // or write on it reports that with the right side attached.
+                    let _ = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write);
+                }
+                End::Sock(_) => {}
             }
         }
         self.delivered += delivered as u64;
@@ -440,11 +464,12 @@ impl Flow {
 }
 
 /// Reads into the channel: `(bytes read, bytes asked for)`.
-fn fill(chan: &mut Channel, src: BorrowedFd<'_>, pending: usize) -> io::Result<(usize, usize)> {
+fn fill(chan: &mut Channel, src: &mut End<'_>, pending: usize) -> io::Result<(usize, usize)> {
     match chan {
         Channel::Pipe(p) => {
+            let End::Sock(src) = src else { unreachable!("pipes are taken for sockets only") };
             let room = p.capacity - pending;
-            sys::splice(src, p.write.as_fd(), room).map(|n| (n, room))
+            sys::splice(*src, p.write.as_fd(), room).map(|n| (n, room))
         }
         Channel::Buf(b) => {
             if b.start == b.end {
@@ -457,18 +482,28 @@ fn fill(chan: &mut Channel, src: BorrowedFd<'_>, pending: usize) -> io::Result<(
             }
             let room = &mut b.data[b.end..];
             let asked = room.len();
-            let n = sys::read(src, room)?;
+            let n = match src {
+                End::Sock(fd) => sys::read(*fd, room)?,
+                End::Tls(tls, fd) => tls.read_plain(*fd, room)?,
+            };
             b.end += n;
             Ok((n, asked))
         }
     }
 }
 
-fn drain(chan: &mut Channel, dst: BorrowedFd<'_>, pending: usize) -> io::Result<usize> {
+fn drain(chan: &mut Channel, dst: &mut End<'_>, pending: usize) -> io::Result<usize> {
     match chan {
-        Channel::Pipe(p) => sys::splice(p.read.as_fd(), dst, pending),
+        Channel::Pipe(p) => {
+            let End::Sock(dst) = dst else { unreachable!("pipes are taken for sockets only") };
+            sys::splice(p.read.as_fd(), *dst, pending)
+        }
         Channel::Buf(b) => {
-            let n = sys::send(dst, &b.data[b.start..b.end])?;
+            let data = &b.data[b.start..b.end];
+            let n = match dst {
+                End::Sock(fd) => sys::send(*fd, data)?,
+                End::Tls(tls, fd) => tls.write_plain(*fd, data)?,
+            };
             b.start += n;
             Ok(n)
         }

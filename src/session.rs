@@ -10,9 +10,10 @@
 
 use crate::config::{Service, Splice, Timeouts};
 use crate::logs::Cause;
-use crate::relay::{Flow, FlowError, FlowState, Pools, Ready};
+use crate::relay::{End, Flow, FlowError, FlowState, Pools, Ready};
 use crate::shared::{ServerId, ServerRuntime, ServiceRuntime};
 use crate::sys;
+use crate::tls::{HandshakeError, TlsEnd};
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ impl Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// A TLS service: the handshake with the client runs since `since` (the session's start);
+    /// no server is connected before it completes, so a client that never finishes costs none.
+    Handshake { since: Instant },
     /// A connect to `Session::server` is in flight since `since`.
     Connecting { since: Instant },
     /// Connected: bytes flow both ways.
@@ -69,6 +73,9 @@ pub struct Session {
     /// reload removed the service.
     pub service: Arc<ServiceRuntime>,
     pub client: TcpStream,
+    /// The TLS endpoint over `client`, for a TLS service: the flows read and write plaintext
+    /// through it.
+    pub tls: Option<Box<TlsEnd>>,
     /// Canonical (IPv4-mapped addresses unmapped).
     pub client_addr: SocketAddr,
     pub backend: Option<TcpStream>,
@@ -115,6 +122,7 @@ impl Session {
             id,
             service,
             client,
+            tls: None,
             client_addr,
             backend: None,
             server: None,
@@ -148,6 +156,22 @@ impl Session {
         r.closed |= closed;
     }
 
+    /// Makes a new session a TLS one: the handshake comes first.
+    pub fn with_tls(mut self, tls: TlsEnd) -> Session {
+        self.tls = Some(Box::new(tls));
+        self.phase = Phase::Handshake { since: self.started };
+        self
+    }
+
+    /// Moves the TLS handshake on: `Ok(true)` once it is complete (the worker connects a
+    /// server then).
+    pub fn handshake(&mut self) -> Result<bool, HandshakeError> {
+        match self.tls.as_deref_mut() {
+            Some(tls) => tls.handshake(self.client.as_fd()),
+            None => Ok(true),
+        }
+    }
+
     /// epoll reported an error on `side`'s socket: its peer is gone. Noted, so the session
     /// aborts at once instead of waiting for a call on that socket to fail, which may not come
     /// while the other peer reads nothing (no room to read into, nothing to write).
@@ -173,6 +197,11 @@ impl Session {
         }
         self.phase = Phase::Streaming;
         self.backend_ready = Ready { readable: true, writable: true, ..self.backend_ready };
+        // What the client sent with or after its handshake may already sit decrypted in rustls,
+        // where no event will announce it.
+        if self.tls.is_some() {
+            self.client_ready.readable = true;
+        }
         self.last_active = now;
     }
 
@@ -183,6 +212,7 @@ impl Session {
     pub fn deadline(&self) -> Instant {
         let t = &self.settings.timeouts;
         match self.phase {
+            Phase::Handshake { since } => since + t.handshake,
             Phase::Connecting { since } => since + t.connect,
             Phase::Streaming if self.up.done() || self.down.done() => self.last_active + t.idle.min(t.fin),
             Phase::Streaming => self.last_active + t.idle,
@@ -199,7 +229,7 @@ impl Session {
     pub fn pump(&mut self, now: Instant, pools: &mut Pools) -> (Step, usize, usize) {
         let (up_before, down_before) = (self.up.delivered, self.down.delivered);
         let step = match self.phase {
-            Phase::Connecting { .. } => Step::Continue,
+            Phase::Handshake { .. } | Phase::Connecting { .. } => Step::Continue,
             Phase::Streaming => self.stream(now, pools),
             Phase::Aborting { failed } => self.abort(failed, now, pools),
         };
@@ -224,9 +254,13 @@ impl Session {
             return self.abort(failed, now, pools);
         }
         let last = self.down.done();
+        let client = match self.tls.as_deref_mut() {
+            Some(t) => End::Tls(t, c),
+            None => End::Sock(c),
+        };
         let failed = match self.up.pump(
-            c,
-            b,
+            client,
+            End::Sock(b),
             &mut self.client_ready,
             &mut self.backend_ready,
             pools,
@@ -239,9 +273,13 @@ impl Session {
         };
         let failed = failed.or_else(|| {
             let last = self.up.done();
+            let client = match self.tls.as_deref_mut() {
+                Some(t) => End::Tls(t, c),
+                None => End::Sock(c),
+            };
             match self.down.pump(
-                b,
-                c,
+                End::Sock(b),
+                client,
                 &mut self.backend_ready,
                 &mut self.client_ready,
                 pools,
@@ -258,7 +296,16 @@ impl Session {
                 self.start_abort(failed, pools);
                 self.abort(failed, now, pools)
             }
-            None if self.up.done() && self.down.done() => Step::Close(Cause::Normal),
+            // Both done; a TLS client first gets the records still queued (the close_notify
+            // among them), or they would be lost with the socket.
+            None if self.up.done() && self.down.done() => {
+                let flushed = self.tls.as_deref_mut().is_none_or(|t| t.flush(c).is_ok());
+                if flushed {
+                    Step::Close(Cause::Normal)
+                } else {
+                    Step::Continue
+                }
+            }
             None => Step::Continue,
         }
     }
@@ -288,12 +335,22 @@ impl Session {
         };
         let backend = self.backend.as_ref().expect("invariant: aborting sessions have a backend");
         let (c, b) = (self.client.as_fd(), backend.as_fd());
-        let (flow, src, dst, src_ready, dst_ready, survivor) = match failed {
-            Side::Client => (&mut self.up, c, b, &mut self.client_ready, &mut self.backend_ready, b),
-            Side::Backend => (&mut self.down, b, c, &mut self.backend_ready, &mut self.client_ready, c),
+        let survivor = match failed {
+            Side::Client => b,
+            Side::Backend => c,
         };
         // Two rounds at most: the reset ends the reading, then what it left pending is drained.
         for _ in 0..2 {
+            let client = match self.tls.as_deref_mut() {
+                Some(t) => End::Tls(t, c),
+                None => End::Sock(c),
+            };
+            let (flow, src, dst, src_ready, dst_ready) = match failed {
+                Side::Client => (&mut self.up, client, End::Sock(b), &mut self.client_ready, &mut self.backend_ready),
+                Side::Backend => {
+                    (&mut self.down, End::Sock(b), client, &mut self.backend_ready, &mut self.client_ready)
+                }
+            };
             if flow.src_eof && flow.pending() == 0 {
                 break;
             }
@@ -305,6 +362,10 @@ impl Session {
                 Err(FlowError::Dest) => return Step::Close(cause),
             }
         }
+        let flow = match failed {
+            Side::Client => &self.up,
+            Side::Backend => &self.down,
+        };
         if !flow.src_eof || flow.pending() > 0 {
             // Stuck behind a peer that takes nothing: give up at the fin timeout, as below.
             if now >= self.last_active + self.settings.timeouts.fin {
@@ -344,10 +405,13 @@ impl Session {
     /// channels go back. The sockets themselves close when the session is dropped.
     pub fn close(&mut self, cause: Cause, pools: &mut Pools) {
         let (reset_client, reset_backend) = match cause {
+            // A client that never finished its handshake leaves no TIME_WAIT here.
+            Cause::IdleTimeout if matches!(self.phase, Phase::Handshake { .. }) => (true, false),
             Cause::ClientAbort => (false, true),
             Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout => (true, false),
             Cause::Killed => (true, true),
-            Cause::Normal | Cause::IdleTimeout => (false, false),
+            // A failed handshake ends with rustls' alert, then a FIN.
+            Cause::Normal | Cause::IdleTimeout | Cause::TlsError => (false, false),
         };
         if reset_client {
             self.down.delivered -= reset(&self.client).min(self.down.delivered);
@@ -388,9 +452,10 @@ pub struct Moving {
 }
 
 impl Session {
-    /// Only a streaming session moves; one that is connecting or aborting finishes where it is.
+    /// Only a plain streaming session moves; one that is connecting or aborting finishes where
+    /// it is, and so does a TLS one (rustls' session keys cannot be handed to another process).
     pub fn can_move(&self) -> bool {
-        self.phase == Phase::Streaming && !self.closed && self.backend.is_some()
+        self.phase == Phase::Streaming && !self.closed && self.backend.is_some() && self.tls.is_none()
     }
 
     /// Takes a streaming session apart to move it. The caller has deregistered its sockets and

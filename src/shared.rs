@@ -184,6 +184,9 @@ pub struct Generation {
     pub servers: Vec<Vec<Arc<ServerRuntime>>>,
     /// Every `bind` of every service, in file order (filled in once bound).
     pub listening: Vec<Listening>,
+    /// Each service's TLS configuration (`None`: plain TCP), in file order (filled in once the
+    /// certificates are loaded, see `crate::tls::server_configs`).
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// FNV-1a of the configuration's canonical text (`config::render`, without its comment
     /// line): the same settings always hash the same, whatever the file's layout.
     pub hash: u64,
@@ -231,6 +234,7 @@ impl Generation {
             settings.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         Generation {
             number: previous.map_or(1, |p| p.number + 1),
+            tls: vec![None; config.services.len()],
             config,
             services,
             servers,

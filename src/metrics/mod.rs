@@ -46,6 +46,8 @@ impl Gauge {
 
 /// Upper bounds (seconds) of the server connect-time histogram.
 pub const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Upper bounds (seconds) of the TLS handshake histogram.
+pub const HANDSHAKE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// Upper bounds (seconds) of the session-duration histogram.
 pub const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0];
 
@@ -136,6 +138,14 @@ pub struct ServiceCounters {
     /// service's `max_conns`): clients then wait in the kernel backlog.
     pub limit_pauses: Counter,
     pub session_duration: Histogram,
+    /// TLS handshakes completed.
+    pub tls_ok: Counter,
+    /// TLS handshakes failed, one counter per `tls::FAILURE_REASONS` entry.
+    pub tls_failed: Vec<Counter>,
+    /// Time from accept to the end of a completed handshake.
+    pub tls_handshake_time: Histogram,
+    /// TLS sessions by version: `[1.2, 1.3]`.
+    pub tls_versions: [Counter; 2],
 }
 
 impl Default for ServiceCounters {
@@ -147,6 +157,10 @@ impl Default for ServiceCounters {
             refused_no_server: Counter::default(),
             limit_pauses: Counter::default(),
             session_duration: Histogram::new(DURATION_BUCKETS),
+            tls_ok: Counter::default(),
+            tls_failed: crate::tls::FAILURE_REASONS.iter().map(|_| Counter::default()).collect(),
+            tls_handshake_time: Histogram::new(HANDSHAKE_BUCKETS),
+            tls_versions: [Counter::default(), Counter::default()],
         }
     }
 }

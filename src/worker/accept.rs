@@ -5,6 +5,7 @@ use super::{Fault, Worker, ACCEPT_BACKOFF, ACCEPT_BATCH};
 use crate::logs;
 use crate::net;
 use crate::session::{Session, Settings};
+use crate::tls::TlsEnd;
 use crate::token::{self, Side};
 use log::debug;
 use mio::net::TcpStream;
@@ -108,9 +109,20 @@ impl Worker {
             _ => {}
         }
         let settings = Settings::of(&self.generation.config.services[pool]);
+        let mut session = Session::new(id, rt, stream, net::canonical_addr(addr), settings, now);
+        if let Some(config) = &self.generation.tls[pool] {
+            match TlsEnd::new(Arc::clone(config)) {
+                Ok(tls) => session = session.with_tls(tls),
+                Err(e) => {
+                    logs::limited_warn("tls", format_args!("TLS session: {e}"));
+                    self.stats.release_admission(&session.service);
+                    return;
+                }
+            }
+        }
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
-        let session = entry.insert(Session::new(id, rt, stream, net::canonical_addr(addr), settings, now));
+        let session = entry.insert(session);
         if let Err(e) = self.poll.registry().register(
             &mut session.client,
             token::session(slot, Side::Client),
@@ -120,6 +132,13 @@ impl Worker {
             self.close(slot, logs::Cause::Resource, now);
             return;
         }
-        self.connect_next(slot, now);
+        if session.tls.is_some() {
+            // The handshake first (its ClientHello may be here already); its deadline holds
+            // from now, whatever trickles in.
+            self.arm_timer(slot);
+            self.drive_handshake(slot, now);
+        } else {
+            self.connect_next(slot, now);
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod accept;
 mod connect;
+mod handshake;
 mod moving;
 mod pool;
 
@@ -383,6 +384,8 @@ impl Worker {
         }
         session.note(side, readable, writable, closed);
         match session.phase {
+            Phase::Handshake { .. } if side == Side::Client => self.drive_handshake(slot, now),
+            Phase::Handshake { .. } => {}
             Phase::Connecting { .. } if side == Side::Backend => self.check_connect(slot, now),
             // Client bytes wait in the client socket until a server is connected.
             Phase::Connecting { .. } => {}
@@ -421,7 +424,8 @@ impl Worker {
     fn resume_yielded(&mut self, now: Instant) {
         let again = std::mem::take(&mut self.again);
         for (slot, id) in again {
-            let live = |s: &Session| s.id == id && !s.closed && !matches!(s.phase, Phase::Connecting { .. });
+            let live =
+                |s: &Session| s.id == id && !s.closed && matches!(s.phase, Phase::Streaming | Phase::Aborting { .. });
             if self.sessions.get(slot).is_some_and(live) {
                 self.pump(slot, now);
             }
@@ -452,6 +456,7 @@ impl Worker {
                 continue;
             }
             match session.phase {
+                Phase::Handshake { .. } => self.handshake_timed_out(slot, now),
                 Phase::Connecting { .. } => {
                     let reason = format!("no answer within {}ms", session.settings.timeouts.connect.as_millis());
                     self.connect_failed(slot, &reason, true, now);
@@ -489,12 +494,14 @@ impl Worker {
         let duration = now.saturating_duration_since(session.started);
         session.service.counters[self.index].0.session_duration.observe(duration);
         let phase = match session.phase {
+            Phase::Handshake { .. } => logs::Phase::Handshake,
             Phase::Connecting { .. } => logs::Phase::Connect,
             Phase::Streaming | Phase::Aborting { .. } => logs::Phase::Data,
         };
         let [a, b] = logs::term_code(cause, phase);
+        let tls = session.tls.as_ref().map_or(String::new(), |t| logs::tls_fields(&t.info(), t.truncated()));
         info!(
-            "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}",
+            "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}{tls}",
             session.client_addr,
             session.service.name,
             server_name,
