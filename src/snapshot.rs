@@ -74,6 +74,19 @@ pub struct ServiceSnapshot {
     pub limit_pauses: u64,
     pub session_duration: HistogramSnapshot,
     pub servers: Vec<ServerSnapshot>,
+    /// For a TLS service: its handshakes and sessions.
+    pub tls: Option<TlsSnapshot>,
+}
+
+/// A TLS service's handshake and session counts, summed over workers.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSnapshot {
+    pub handshakes_ok: u64,
+    /// Failed handshakes, by `tls::FAILURE_REASONS` entry.
+    pub failed: Vec<u64>,
+    pub handshake_time: HistogramSnapshot,
+    /// Sessions by version: `[1.2, 1.3]`.
+    pub versions: [u64; 2],
 }
 
 /// One worker's load, for spotting an uneven spread and leaks.
@@ -120,6 +133,10 @@ pub fn take(stats: &Stats) -> Snapshot {
                 limit_pauses: 0,
                 session_duration: HistogramSnapshot::default(),
                 servers: Vec::new(),
+                tls: generation.tls[si].as_ref().map(|_| TlsSnapshot {
+                    failed: vec![0; crate::tls::FAILURE_REASONS.len()],
+                    ..TlsSnapshot::default()
+                }),
             };
             for PerWorker(c) in rt.counters.iter() {
                 s.accepted += c.accepted.get();
@@ -128,6 +145,15 @@ pub fn take(stats: &Stats) -> Snapshot {
                 s.refused_no_server += c.refused_no_server.get();
                 s.limit_pauses += c.limit_pauses.get();
                 c.session_duration.sum_into(&mut s.session_duration);
+                if let Some(t) = &mut s.tls {
+                    t.handshakes_ok += c.tls_ok.get();
+                    for (sum, n) in t.failed.iter_mut().zip(&c.tls_failed) {
+                        *sum += n.get();
+                    }
+                    c.tls_handshake_time.sum_into(&mut t.handshake_time);
+                    t.versions[0] += c.tls_versions[0].get();
+                    t.versions[1] += c.tls_versions[1].get();
+                }
             }
             s.servers = svc.servers.iter().zip(&generation.servers[si]).map(|(srv, rt)| server(srv, rt)).collect();
             s

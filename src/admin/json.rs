@@ -94,7 +94,23 @@ pub fn status(snap: &Snapshot) -> String {
                 v.checks
             );
         }
-        o.push_str("]}");
+        o.push(']');
+        if let Some(t) = &s.tls {
+            let failed: Vec<String> = crate::tls::FAILURE_REASONS
+                .iter()
+                .zip(&t.failed)
+                .map(|(reason, n)| format!("{}:{n}", string(reason)))
+                .collect();
+            let _ = write!(
+                o,
+                ",\"tls\":{{\"handshakes\":{},\"handshake_failures\":{{{}}},\"sessions\":{{\"1.2\":{},\"1.3\":{}}}}}",
+                t.handshakes_ok,
+                failed.join(","),
+                t.versions[0],
+                t.versions[1]
+            );
+        }
+        o.push('}');
     }
     o.push_str("]}");
     o

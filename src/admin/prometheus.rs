@@ -3,7 +3,7 @@
 //! base units (seconds, bytes).
 
 use crate::metrics::names::*;
-use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS};
+use crate::metrics::{HistogramSnapshot, CONNECT_BUCKETS, DURATION_BUCKETS, HANDSHAKE_BUCKETS};
 use crate::snapshot::{ServerSnapshot, ServerState, ServiceSnapshot, Snapshot, WorkerLoad};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -171,6 +171,28 @@ pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> S
     o.family(SERVICE_SESSION_DURATION, "histogram", "Duration of finished sessions.");
     for s in &snap.services {
         o.histogram(SERVICE_SESSION_DURATION, &svc_labels(&s.name), DURATION_BUCKETS, &s.session_duration);
+    }
+
+    let tls = || snap.services.iter().filter_map(|s| Some((s, s.tls.as_ref()?)));
+    o.family(TLS_HANDSHAKES, "counter", "TLS handshakes completed.");
+    for (s, t) in tls() {
+        o.sample(TLS_HANDSHAKES, &svc_labels(&s.name), t.handshakes_ok);
+    }
+    o.family(TLS_HANDSHAKE_FAILURES, "counter", "TLS handshakes that failed or timed out, by reason.");
+    for (s, t) in tls() {
+        for (reason, n) in crate::tls::FAILURE_REASONS.iter().zip(&t.failed) {
+            o.sample(TLS_HANDSHAKE_FAILURES, &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
+        }
+    }
+    o.family(TLS_HANDSHAKE_TIME, "histogram", "Time from accept to a completed TLS handshake.");
+    for (s, t) in tls() {
+        o.histogram(TLS_HANDSHAKE_TIME, &svc_labels(&s.name), HANDSHAKE_BUCKETS, &t.handshake_time);
+    }
+    o.family(TLS_SESSIONS, "counter", "TLS sessions by protocol version.");
+    for (s, t) in tls() {
+        for (version, n) in [("1.2", t.versions[0]), ("1.3", t.versions[1])] {
+            o.sample(TLS_SESSIONS, &format!("{},version=\"{version}\"", svc_labels(&s.name)), n);
+        }
     }
 
     let servers = || snap.services.iter().flat_map(|s| s.servers.iter().map(move |v| (s, v)));

@@ -39,3 +39,8 @@ pub const SERVER_CHECKS: &str = "shunt_server_checks_total";
 pub const SERVER_CHECK_DURATION: &str = "shunt_server_check_duration_seconds";
 pub const SERVER_CHECK_SUCCESS: &str = "shunt_server_check_success";
 pub const SERVER_CONNECT_TIME: &str = "shunt_server_connect_seconds";
+
+pub const TLS_HANDSHAKES: &str = "shunt_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "shunt_tls_handshake_failures_total";
+pub const TLS_HANDSHAKE_TIME: &str = "shunt_tls_handshake_seconds";
+pub const TLS_SESSIONS: &str = "shunt_tls_sessions_total";
