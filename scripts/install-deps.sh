@@ -68,6 +68,8 @@ if [ "$mode" = all ]; then
   need_cmd python3 python3
   need_cmd promtool prometheus # promtool validates /metrics and the alert rules
   need_cmd chromium chromium   # headless check of the status page
+  need_cmd openssl openssl     # test certificates, and s_client as a TLS client
+  need_cmd testssl testssl.sh  # audits shunt's TLS listener (no HIGH or CRITICAL finding)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then

@@ -47,13 +47,17 @@ pub struct Wrk {
 
 impl Wrk {
     pub fn start(addr: SocketAddr, close: bool, duration: Duration) -> Wrk {
+        Wrk::start_url(&format!("http://{addr}/"), close, duration)
+    }
+
+    /// [`Wrk::start`] on any URL, e.g. `https://...` (wrk does not verify certificates).
+    pub fn start_url(url: &str, close: bool, duration: Duration) -> Wrk {
         let mut cmd = Command::new("wrk");
         cmd.args(["-t1", "-c20", &format!("-d{}s", duration.as_secs().max(1)), "--timeout", "5s"]);
         if close {
             cmd.args(["-H", "Connection: close"]);
         }
-        let child =
-            cmd.arg(format!("http://{addr}/")).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run wrk");
+        let child = cmd.arg(url).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run wrk");
         Wrk { child }
     }
 

@@ -21,7 +21,9 @@
 //!   with examples/test_peer.rs);
 //! - [`netns`]: network namespaces and threads inside them;
 //!
-//! and, used by name: [`inproc`] (the balancer as a library in the test's process), [`topo`]
+//! and, used by name: [`certs`] (a private CA and the certificates it issues, made with the
+//! openssl CLI), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
+//! [`inproc`] (the balancer as a library in the test's process), [`topo`]
 //! (client, balancer and servers in namespaces joined by veth) and [`lab`] (the fault lab built
 //! on it: clients that check every byte, shunt's view, and the invariants every fault test
 //! ends with).
@@ -32,6 +34,7 @@
 pub mod balancer;
 pub mod bins;
 pub mod bytes;
+pub mod certs;
 pub mod clients;
 pub mod http;
 pub mod inproc;
@@ -45,6 +48,7 @@ pub mod ports;
 pub mod proc;
 pub mod procfs;
 pub mod servers;
+pub mod tls;
 pub mod topo;
 pub mod wait;
 
