@@ -250,6 +250,19 @@ impl Flow {
                 break;
             }
             let mut progress = false;
+            // Records rustls encrypted earlier go first. The plaintext they carry already left
+            // the channel, so `pending` may be 0 while they wait: only the socket's writability
+            // says when they can go, and nothing else would send them.
+            if let (End::Tls(tls, fd), true) = (&mut dst, dst_ready.writable) {
+                match tls.flush(*fd) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
+                    Err(_) => {
+                        self.delivered += delivered as u64;
+                        return Err(FlowError::Dest);
+                    }
+                }
+            }
             if self.pending > 0 && dst_ready.writable {
                 let chan = self.chan.as_mut().expect("invariant: pending > 0 implies a channel");
                 match drain(chan, &mut dst, self.pending) {

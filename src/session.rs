@@ -341,6 +341,7 @@ impl Session {
         };
         // Two rounds at most: the reset ends the reading, then what it left pending is drained.
         for _ in 0..2 {
+            let tls_queued = self.tls_queued_for(failed);
             let client = match self.tls.as_deref_mut() {
                 Some(t) => End::Tls(t, c),
                 None => End::Sock(c),
@@ -351,7 +352,7 @@ impl Session {
                     (&mut self.down, End::Sock(b), client, &mut self.backend_ready, &mut self.client_ready)
                 }
             };
-            if flow.src_eof && flow.pending() == 0 {
+            if flow.src_eof && flow.pending() == 0 && !tls_queued {
                 break;
             }
             match flow.pump(src, dst, src_ready, dst_ready, pools, self.settings.splice, true) {
@@ -366,7 +367,7 @@ impl Session {
             Side::Client => &self.up,
             Side::Backend => &self.down,
         };
-        if !flow.src_eof || flow.pending() > 0 {
+        if !flow.src_eof || flow.pending() > 0 || self.tls_queued_for(failed) {
             // Stuck behind a peer that takes nothing: give up at the fin timeout, as below.
             if now >= self.last_active + self.settings.timeouts.fin {
                 return Step::Close(cause);
@@ -392,6 +393,12 @@ impl Session {
         }
         self.unacked = Some((unacked, now + self.ack_poll));
         Step::Continue
+    }
+
+    /// While aborting for `failed`: the surviving client still has TLS records to receive,
+    /// encrypted from plaintext the flow already counts as delivered.
+    fn tls_queued_for(&self, failed: Side) -> bool {
+        failed == Side::Backend && self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// A flow stopped on its per-turn budget with work left (see `Flow::yielded`).
@@ -602,6 +609,8 @@ mod tests {
             self.pump_at(now)
         }
     }
+
+    mod tls;
 
     #[test]
     fn connecting_deadline_is_the_connect_timeout() {

@@ -219,9 +219,9 @@ fn a_fin_without_close_notify_is_logged_as_a_truncation() {
     let mut shunt = start_shunt(&conf(&cert, echo.addr, ""));
     let mut s = tls_connect(shunt.addr("web"), "localhost", &client_config(&ca.cert, &[], None)).unwrap();
     tls_echo(&mut s, 3, 10_000).unwrap();
-    s.sock.shutdown(Shutdown::Write).unwrap(); // TCP FIN, no close_notify
-                                               // The FIN goes on to the server as a FIN; the echo server's own FIN comes back as a clean
-                                               // close_notify (its direction was not truncated).
+    // A TCP FIN, no close_notify. It goes on to the server as a FIN; the echo server's own FIN
+    // comes back as a clean close_notify (its direction was not truncated).
+    s.sock.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close_notify(&mut s).unwrap(), b"");
     let sessions = shunt.wait_all_logged(T);
     assert!(sessions[0].raw.ends_with(" truncated"), "{}", sessions[0].raw);

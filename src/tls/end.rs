@@ -189,7 +189,8 @@ impl TlsEnd {
         }
     }
 
-    /// Writes the records rustls holds; `WouldBlock` if the socket took only part of them.
+    /// Writes the records rustls holds, if any (no syscall when none wait); `WouldBlock` if the
+    /// socket took only part of them.
     pub fn flush(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut Sock(sock)) {
@@ -201,7 +202,7 @@ impl TlsEnd {
         Ok(())
     }
 
-    /// Records are waiting for the socket.
+    /// Records are waiting for the socket (the session cannot end before they go).
     pub fn wants_write(&self) -> bool {
         self.conn.wants_write()
     }
@@ -210,11 +211,6 @@ impl TlsEnd {
     pub fn close_notify(&mut self, sock: BorrowedFd<'_>) {
         self.conn.send_close_notify();
         let _ = self.flush(sock);
-    }
-
-    /// Plaintext the client sent is buffered here, to be read without the socket saying so.
-    pub fn has_plaintext(&mut self) -> bool {
-        self.conn.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
     }
 
     pub fn truncated(&self) -> bool {
