@@ -54,12 +54,12 @@ bench-quick:
 # with the input in fuzz/artifacts/<target>/. The corpora are also replayed by `make test`
 # (tests/fuzz_corpus.rs), which needs none of this.
 FUZZ_SECS ?= 60
-FUZZ_TARGETS ?= conf probe_reply admin_request upgrade_frame
+FUZZ_TARGETS ?= conf probe_reply admin_request upgrade_frame client_hello
 
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	@set -e; for t in $(FUZZ_TARGETS); do \
-		max_len=4096; [ $$t = conf ] && max_len=8192; [ $$t = admin_request ] && max_len=12288; \
+		max_len=4096; [ $$t = conf ] && max_len=8192; [ $$t = admin_request ] && max_len=12288; [ $$t = client_hello ] && max_len=20000; \
 		echo "== fuzz $$t for $(FUZZ_SECS)s"; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -max_len=$$max_len \
 			-timeout=10 -print_final_stats=1; \

@@ -160,6 +160,15 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
     let tls =
         |s: &Service| s.tls.as_ref().map_or("none".into(), |t| crate::config::tls_lines(t).trim().replace('\n', ";"));
     cmp("tls", tls(o), tls(s));
+    let routes = |s: &Service| {
+        let r: Vec<String> = s.routes.iter().map(|r| format!("{} {}", r.pattern, r.service)).collect();
+        if r.is_empty() {
+            "none".to_string()
+        } else {
+            r.join("; ")
+        }
+    };
+    cmp("route sni", routes(o), routes(s));
     cmp("timeout queue", dur(o.queue_timeout), dur(s.queue_timeout));
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));

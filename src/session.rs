@@ -76,6 +76,11 @@ pub struct Session {
     /// The TLS endpoint over `client`, for a TLS service: the flows read and write plaintext
     /// through it.
     pub tls: Option<Box<TlsEnd>>,
+    /// The service whose servers this session uses when a `route sni` line picked one (its own
+    /// `service` keeps the connection slot and the client-side counters).
+    pub route: Option<Arc<ServiceRuntime>>,
+    /// The server name of a ClientHello peeked for SNI passthrough (for the log).
+    pub peeked_sni: Option<String>,
     /// Canonical (IPv4-mapped addresses unmapped).
     pub client_addr: SocketAddr,
     pub backend: Option<TcpStream>,
@@ -123,6 +128,8 @@ impl Session {
             service,
             client,
             tls: None,
+            route: None,
+            peeked_sni: None,
             client_addr,
             backend: None,
             server: None,
@@ -161,6 +168,18 @@ impl Session {
         self.tls = Some(Box::new(tls));
         self.phase = Phase::Handshake { since: self.started };
         self
+    }
+
+    /// Makes a new session wait for the client's ClientHello (SNI passthrough routing): its
+    /// phase and deadline are the handshake's.
+    pub fn awaiting_hello(mut self) -> Session {
+        self.phase = Phase::Handshake { since: self.started };
+        self
+    }
+
+    /// epoll reported the client's FIN or an error: bytes still missing will not come.
+    pub fn client_closed(&self) -> bool {
+        self.client_ready.closed
     }
 
     /// Moves the TLS handshake on: `Ok(true)` once it is complete (the worker connects a
@@ -460,9 +479,14 @@ pub struct Moving {
 
 impl Session {
     /// Only a plain streaming session moves; one that is connecting or aborting finishes where
-    /// it is, and so does a TLS one (rustls' session keys cannot be handed to another process).
+    /// it is, and so does a TLS one (rustls' session keys cannot be handed to another process)
+    /// and a routed one (its server is another service's, which the move does not carry).
     pub fn can_move(&self) -> bool {
-        self.phase == Phase::Streaming && !self.closed && self.backend.is_some() && self.tls.is_none()
+        self.phase == Phase::Streaming
+            && !self.closed
+            && self.backend.is_some()
+            && self.tls.is_none()
+            && self.route.is_none()
     }
 
     /// Takes a streaming session apart to move it. The caller has deregistered its sockets and

@@ -133,9 +133,9 @@ pub fn take(stats: &Stats) -> Snapshot {
                 limit_pauses: 0,
                 session_duration: HistogramSnapshot::default(),
                 servers: Vec::new(),
-                tls: generation.tls[si].as_ref().map(|_| TlsSnapshot {
-                    failed: vec![0; crate::tls::FAILURE_REASONS.len()],
-                    ..TlsSnapshot::default()
+                // A service that peeks ClientHellos for `route sni` counts their failures too.
+                tls: (generation.tls[si].is_some() || !generation.config.services[si].routes.is_empty()).then(|| {
+                    TlsSnapshot { failed: vec![0; crate::tls::FAILURE_REASONS.len()], ..TlsSnapshot::default() }
                 }),
             };
             for PerWorker(c) in rt.counters.iter() {

@@ -67,6 +67,14 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     cvt(n)
 }
 
+/// recv(2) with `MSG_PEEK`: copies what the socket holds into `buf` and leaves it there, for the
+/// next read (or splice) to take.
+pub(crate) fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into memory we borrow mutably.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+    cvt(n)
+}
+
 /// send(2) of `buf` with `MSG_NOSIGNAL`: a closed peer is an `EPIPE` error for this socket, not
 /// a process-wide SIGPIPE.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {

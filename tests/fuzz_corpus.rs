@@ -47,3 +47,8 @@ fn admin_request_corpus_replays_clean() {
 fn upgrade_frame_corpus_replays_clean() {
     replay("upgrade_frame", checks::upgrade_frame);
 }
+
+#[test]
+fn client_hello_corpus_replays_clean() {
+    replay("client_hello", checks::client_hello);
+}

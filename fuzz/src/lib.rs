@@ -111,3 +111,24 @@ pub fn upgrade_frame(data: &[u8]) {
     let [kind, fds, payload @ ..] = data else { return };
     let _ = shunt::upgrade::wire::check(*kind, payload, usize::from(*fds));
 }
+
+/// Bytes a client sends first, read by SNI passthrough: `server_name` never panics, never looks
+/// past its bound, decides a prefix the way it decides the whole (the worker asks again as
+/// bytes arrive), and a name it returns is a lower-case host name.
+pub fn client_hello(data: &[u8]) {
+    use shunt::tls::hello::{server_name, MAX_HELLO};
+    let whole = server_name(data);
+    for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+        let early = server_name(&data[..cut]);
+        if !matches!(early, Ok(None)) {
+            assert_eq!(early, whole, "decided on {cut} bytes, then changed");
+        }
+    }
+    if data.len() > MAX_HELLO {
+        assert_eq!(whole, server_name(&data[..MAX_HELLO]), "looked past the bound");
+    }
+    if let Ok(Some(Some(name))) = &whole {
+        assert!(!name.is_empty() && name.len() <= 255, "{name:?}");
+        assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)), "{name:?}");
+    }
+}

@@ -72,6 +72,48 @@ pub struct Service {
     pub splice: Splice,
     /// `tls ...` lines: TLS is terminated for this service's clients. `None`: plain TCP.
     pub tls: Option<Tls>,
+    /// `route sni PATTERN SERVICE` lines, in file order (the first match wins).
+    pub routes: Vec<Route>,
+}
+
+/// `route sni PATTERN SERVICE`: clients asking for a matching server name go to another
+/// service's servers (terminated if this service has `tls`, passed through untouched if not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub pattern: SniPattern,
+    /// The target service's name, and its position in `Config::services` (set once the whole
+    /// file is read).
+    pub service: String,
+    pub target: usize,
+    pub line: usize,
+}
+
+/// A server name pattern of a route: compared with the lower-cased name the client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SniPattern {
+    /// `api.example.com`: that name only.
+    Exact(String),
+    /// `*.example.com`, held as `.example.com`: every name under it, at any depth (as nginx's
+    /// `server_name`), not `example.com` itself.
+    Under(String),
+}
+
+impl SniPattern {
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            SniPattern::Exact(n) => n == name,
+            SniPattern::Under(suffix) => name.len() > suffix.len() && name.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for SniPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SniPattern::Exact(n) => f.write_str(n),
+            SniPattern::Under(suffix) => write!(f, "*{suffix}"),
+        }
+    }
 }
 
 /// What a service's `tls` lines say. The files are read (and checked: a key that does not match

@@ -21,11 +21,10 @@ use super::lexer::{
 use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice, Timeouts};
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
-const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls"];
+const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] =
-    &["route", "allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
+const RESERVED: &[&str] = &["allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -116,6 +115,8 @@ struct Block {
     /// Any `bind` line, valid or not, so "no bind" never echoes an error already reported.
     any_bind: bool,
     any_server: bool,
+    /// Any `route` line, valid or not: a front service may have no server of its own.
+    any_route: bool,
     /// A `tls` line had an error: "no certificate" would only echo it.
     tls_broken: bool,
 }
@@ -136,11 +137,13 @@ impl Block {
                 queue_timeout: Duration::from_secs(5),
                 splice: Splice::Auto,
                 tls: None,
+                routes: Vec::new(),
             },
             seen: Vec::new(),
             named: false,
             any_bind: false,
             any_server: false,
+            any_route: false,
             tls_broken: false,
         }
     }
@@ -249,9 +252,12 @@ impl Parser {
                     .to_string(),
             ));
         }
+        self.resolve_routes();
         for b in self.blocks.iter().filter(|b| b.named) {
             let name = show(&b.svc.name);
-            if !b.any_bind {
+            // A service only routes reach needs no listener of its own.
+            let routed_to = self.blocks.iter().any(|o| o.svc.routes.iter().any(|r| r.service == b.svc.name));
+            if !b.any_bind && !routed_to {
                 let e = format!("service {name} has no bind line: add one, e.g. \"bind *:8080\"");
                 self.errors.push((b.svc.line, e));
             }
@@ -260,7 +266,7 @@ impl Parser {
                     self.errors.push((tls.line, e));
                 }
             }
-            if !b.any_server {
+            if !b.any_server && !b.any_route && b.svc.routes.is_empty() {
                 let e = format!(
                     "service {name} has no server line: \
                      add one, e.g. \"server web-01 127.0.0.1:9001\""
@@ -277,6 +283,30 @@ impl Parser {
         }
         self.cfg.services = self.blocks.into_iter().map(|b| b.svc).collect();
         Ok(self.cfg)
+    }
+
+    /// Points each route at its target service's position; a target that does not exist, or
+    /// that routes itself (a second hop would need a second ClientHello), is an error.
+    fn resolve_routes(&mut self) {
+        let names: Vec<(String, bool)> =
+            self.blocks.iter().map(|b| (b.svc.name.clone(), !b.svc.routes.is_empty() || b.any_route)).collect();
+        for b in self.blocks.iter_mut().filter(|b| b.named) {
+            for r in &mut b.svc.routes {
+                match names.iter().position(|(name, _)| *name == r.service) {
+                    None => {
+                        self.errors.push((r.line, format!("route: no service named {} in this file", show(&r.service))))
+                    }
+                    Some(_) if r.service == b.svc.name => {
+                        self.errors.push((r.line, "route: a service cannot route to itself".to_string()))
+                    }
+                    Some(i) if names[i].1 => self.errors.push((
+                        r.line,
+                        format!("route: service {} has routes of its own: routes go one hop only", show(&r.service)),
+                    )),
+                    Some(i) => r.target = i,
+                }
+            }
+        }
     }
 
     /// Two listeners on overlapping addresses would split or steal each other's connections
@@ -359,6 +389,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
         "server" => server(b, a, n, resolve),
         "timeout" => timeout(b, a, n),
         "tls" => super::parse_tls::tls_line(&mut b.svc.tls, &mut b.seen, a, n).inspect_err(|_| b.tls_broken = true),
+        "route" => super::parse_tls::route_line(&mut b.svc.routes, a, n).inspect_err(|_| b.any_route = true),
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
             Ok(())

@@ -2,7 +2,7 @@
 //! error path (line number and message), multiple errors at once, and garbage bytes.
 
 use super::*;
-use crate::config::StatusMatch;
+use crate::config::{SniPattern, StatusMatch};
 
 /// One valid service (lines 1-3); each error case adds exactly one mistake to it. A macro, so
 /// `concat!` can build the cases from it.
@@ -185,6 +185,7 @@ fn defaults() {
         queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
         tls: None,
+        routes: Vec::new(),
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -197,6 +198,34 @@ fn defaults() {
         services: vec![web],
     };
     assert_eq!(parse(OK), Ok(want));
+}
+
+#[test]
+fn routes_need_no_servers_in_front_nor_binds_behind() {
+    let c = parse(
+        "service front\nbind *:0\nroute sni API.example.com api\nroute sni *.example.com api\n\
+         service api\nserver a 127.0.0.1:1\n",
+    )
+    .unwrap();
+    let routes = &c.services[0].routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!((routes[0].pattern.clone(), routes[0].target), (SniPattern::Exact("api.example.com".into()), 1));
+    assert_eq!(routes[1].pattern, SniPattern::Under(".example.com".into()));
+    assert!(c.services[0].servers.is_empty() && c.services[1].binds.is_empty());
+    let rendered = crate::config::render(&c);
+    assert!(rendered.contains("  route sni api.example.com api\n  route sni *.example.com api\n"), "{rendered}");
+    // A service nothing routes to still needs a bind.
+    let errs = errors(b"service front\nbind *:0\nroute sni a.test api\nservice api\nserver a 127.0.0.1:1\nservice lone\nserver b 127.0.0.1:2\n");
+    assert!(errs.len() == 1 && errs[0].1.contains("service \"lone\" has no bind line"), "{errs:?}");
+}
+
+#[test]
+fn sni_patterns_match_names_and_subdomains_at_any_depth() {
+    let exact = SniPattern::Exact("api.example.com".into());
+    let under = SniPattern::Under(".example.com".into());
+    assert!(exact.matches("api.example.com") && !exact.matches("x.api.example.com"));
+    assert!(under.matches("a.example.com") && under.matches("a.b.example.com"));
+    assert!(!under.matches("example.com") && !under.matches("badexample.com") && !under.matches(".example.com"));
 }
 
 #[test]
@@ -326,7 +355,15 @@ error_cases! {
         => 4, r#"unknown directive "sever" in service "web" (did you mean "server"?)"#;
     unknown_global_directive: ok!("Workers 2\n" +)
         => 1, r#"unknown directive "Workers" (did you mean "workers"?)"#;
-    reserved_route: ok!(+ "route sni a.example.com web\n") => 4, r#""route" is not supported yet"#;
+    route_to_nowhere: ok!(+ "route sni a.example.com api\n") => 4, r#"route: no service named "api" in this file"#;
+    route_to_itself: ok!(+ "route sni a.example.com web\n") => 4, "route: a service cannot route to itself";
+    route_kind: ok!(+ "route host a.example.com web\n") => 4, r#"unknown route kind "host""#;
+    route_pattern: ok!(+ "route sni a.*.com web\n") => 4, r#"server name pattern "a.*.com" is not a host name"#;
+    route_pattern_twice: concat!(ok!(+ "route sni A.test api\nroute sni a.test api\n"), "service api\nserver b 127.0.0.1:2\n")
+        => 5, "pattern a.test is already routed on line 4";
+    route_two_hops: concat!(ok!(+ "route sni a.test api\n"), "service api\nroute sni b.test other\nservice other\nserver b 127.0.0.1:2\n")
+        => 4, r#"route: service "api" has routes of its own"#;
+    route_arity: ok!(+ "route sni a.test\n") => 4, "expected: route sni PATTERN SERVICE";
     tls_without_cert: ok!(+ "tls alpn h2\n") => 4, "tls: no certificate: add \"tls cert FILE key FILE\"";
     tls_cert_without_key: ok!(+ "tls cert a.pem\n") => 4, "expected: tls cert FILE key FILE";
     tls_old_version: ok!(+ "tls cert a key b\ntls versions 1.1 1.2\n") => 5, "version 1.1 is insecure";

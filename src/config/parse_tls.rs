@@ -1,10 +1,11 @@
 //! The `tls` lines of a service: `tls cert FILE key FILE` (repeatable), `tls versions`, `tls alpn`,
-//! `tls client_ca FILE`. Only their form is checked here; the files are read, and their contents
-//! checked, when the configuration is loaded (`crate::tls`), with errors on these same lines.
+//! `tls client_ca FILE`, and `route sni PATTERN SERVICE`. Only their form is checked here; the
+//! files are read, and their contents checked, when the configuration is loaded (`crate::tls`),
+//! with errors on these same lines; route targets are resolved once the whole file is read.
 
-use super::lexer::{show, Token};
+use super::lexer::{check_name, is_hostname, show, Token};
 use super::parse::{arity, choice, once, text, Res, Seen};
-use super::{CertKey, Tls, TlsVersion};
+use super::{CertKey, Route, SniPattern, Tls, TlsVersion};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -76,6 +77,44 @@ pub(super) fn tls_line(tls: &mut Option<Tls>, seen: &mut Seen, a: &[Token], n: u
         k => return Err(choice("kind", k, KINDS)),
     }
     Ok(())
+}
+
+/// One `route sni PATTERN SERVICE` line (its arguments after `route`).
+pub(super) fn route_line(routes: &mut Vec<Route>, a: &[Token], n: usize) -> Res<()> {
+    let [kind, pattern, service] = a else {
+        return Err(arity("route sni PATTERN SERVICE, e.g. route sni api.example.com api"));
+    };
+    match text(kind)? {
+        "sni" => {}
+        k => return Err(choice("route kind", k, &["sni"])),
+    }
+    let pattern = sni_pattern(text(pattern)?)?;
+    let service = text(service)?;
+    check_name("service name", service)?;
+    if let Some(first) = routes.iter().find(|r| r.pattern == pattern) {
+        return Err(format!("pattern {pattern} is already routed on line {}: the first match wins", first.line));
+    }
+    routes.push(Route { pattern, service: service.to_string(), target: usize::MAX, line: n });
+    Ok(())
+}
+
+/// `name.example.com` or `*.example.com`, lower-cased.
+fn sni_pattern(p: &str) -> Res<SniPattern> {
+    let lower = p.to_ascii_lowercase();
+    let (under, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if !is_hostname(name) || name.ends_with('.') {
+        return Err(format!(
+            "server name pattern {} is not a host name or *.host name (e.g. api.example.com, *.example.com)",
+            show(p)
+        ));
+    }
+    Ok(match under {
+        true => SniPattern::Under(format!(".{name}")),
+        false => SniPattern::Exact(name.to_string()),
+    })
 }
 
 /// The settings are whole: other `tls` lines without a certificate mean nothing.

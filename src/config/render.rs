@@ -62,6 +62,9 @@ pub fn render(c: &Config) -> String {
         if let Some(tls) = &s.tls {
             o.push_str(&tls_lines(tls));
         }
+        for r in &s.routes {
+            let _ = writeln!(o, "  route sni {} {}", r.pattern, r.service);
+        }
     }
     o
 }

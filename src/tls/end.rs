@@ -34,6 +34,8 @@ pub enum HandshakeError {
     Closed,
     /// A TLS protocol failure (an alert was sent to the client when rustls had one to send).
     Tls(rustls::Error),
+    /// SNI passthrough: the first bytes are not a ClientHello shunt can route.
+    Hello(super::hello::HelloError),
     Io(io::Error),
 }
 
@@ -44,6 +46,7 @@ impl HandshakeError {
         match self {
             HandshakeError::Closed => "client_closed",
             HandshakeError::Io(_) => "io",
+            HandshakeError::Hello(_) => "not_tls",
             HandshakeError::Tls(e) => match e {
                 E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
                     "not_tls"
@@ -72,6 +75,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Closed => write!(f, "the client closed during the handshake"),
             HandshakeError::Tls(e) => write!(f, "{e}"),
             HandshakeError::Io(e) => write!(f, "{e}"),
+            HandshakeError::Hello(e) => write!(f, "{e}"),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! Crypto provider: `ring` (builds with the C compiler alone, on any Debian); see the README.
 
 mod end;
+pub mod hello;
 
 pub use end::{HandshakeError, TlsEnd, TlsInfo};
 

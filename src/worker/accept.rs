@@ -4,7 +4,7 @@
 use super::{Fault, Worker, ACCEPT_BACKOFF, ACCEPT_BATCH};
 use crate::logs;
 use crate::net;
-use crate::session::{Session, Settings};
+use crate::session::{Phase, Session, Settings};
 use crate::tls::TlsEnd;
 use crate::token::{self, Side};
 use log::debug;
@@ -120,6 +120,9 @@ impl Worker {
                 }
             }
         }
+        if session.tls.is_none() && !self.generation.config.services[pool].routes.is_empty() {
+            session = session.awaiting_hello();
+        }
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
         let session = entry.insert(session);
@@ -132,9 +135,9 @@ impl Worker {
             self.close(slot, logs::Cause::Resource, now);
             return;
         }
-        if session.tls.is_some() {
-            // The handshake first (its ClientHello may be here already); its deadline holds
-            // from now, whatever trickles in.
+        if matches!(session.phase, Phase::Handshake { .. }) {
+            // The handshake (or the ClientHello, to route by) first: it may be here already; its
+            // deadline holds from now, whatever trickles in.
             self.arm_timer(slot);
             self.drive_handshake(slot, now);
         } else {

@@ -20,7 +20,9 @@ impl Worker {
         loop {
             let session = &mut self.sessions[slot];
             // A reload may have removed the service meanwhile: then no server is left for it.
-            let pick = self.pools.iter_mut().find(|p| Arc::ptr_eq(&p.rt, &session.service)).and_then(|pool| {
+            // A routed session takes its servers from the service its route names.
+            let servers_of = session.route.as_ref().unwrap_or(&session.service);
+            let pick = self.pools.iter_mut().find(|p| Arc::ptr_eq(&p.rt, servers_of)).and_then(|pool| {
                 let tried = pool.positions(&session.tried);
                 let i = pool.balancer.pick(&pool.servers, session.client_addr.ip(), &tried)?;
                 Some((Arc::clone(&pool.servers[i].rt), pool.servers[i].maxconn))

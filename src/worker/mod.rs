@@ -133,6 +133,8 @@ pub struct Worker {
     fault: Option<Fault>,
     /// An error that ends `run` (only the test fault sets one today).
     failure: Option<io::Error>,
+    /// Where SNI passthrough peeks a ClientHello (one at a time, so one buffer per worker).
+    hello: Box<[u8]>,
 }
 
 impl Worker {
@@ -165,6 +167,7 @@ impl Worker {
             drain_deadline: None,
             fault: Fault::from_env(),
             failure: None,
+            hello: vec![0; crate::tls::hello::MAX_HELLO].into_boxed_slice(),
         })
     }
 
@@ -499,11 +502,16 @@ impl Worker {
             Phase::Streaming | Phase::Aborting { .. } => logs::Phase::Data,
         };
         let [a, b] = logs::term_code(cause, phase);
-        let tls = session.tls.as_ref().map_or(String::new(), |t| logs::tls_fields(&t.info(), t.truncated()));
+        let mut tls = session.tls.as_ref().map_or(String::new(), |t| logs::tls_fields(&t.info(), t.truncated()));
+        if let Some(sni) = &session.peeked_sni {
+            tls = format!(" sni={sni}");
+        }
+        // A routed session is logged under the service whose server it used, and where it came in.
+        let via = session.route.as_ref().map_or(String::new(), |_| format!(" via={}", session.service.name));
         info!(
-            "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}{tls}",
+            "{} {}/{} {a}{b} up={} down={} connect_ms={} duration_ms={}{via}{tls}",
             session.client_addr,
-            session.service.name,
+            session.route.as_ref().unwrap_or(&session.service).name,
             server_name,
             session.up.delivered,
             session.down.delivered,

@@ -40,6 +40,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         queue_timeout: Duration::from_secs(5),
         splice: Splice::Auto,
         tls: None,
+        routes: Vec::new(),
     }
 }
 

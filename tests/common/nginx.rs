@@ -3,6 +3,7 @@
 //! and started again on another one if that port was taken meanwhile ([`on_free_port`]).
 
 use super::bytes::big_content;
+use super::certs::Issued;
 use super::ports::{on_free_port, says_addr_in_use, Bound};
 use super::proc::{Proc, TempDir};
 use super::procfs::is_listening;
@@ -43,11 +44,13 @@ pub struct NginxOpts<'a> {
     /// Run inside this network namespace (`ip netns exec NS nginx ...`); it listens on the
     /// namespace's own 127.0.0.1.
     pub netns: Option<&'a str>,
+    /// Serve HTTPS with this certificate and key (`listen ... ssl`) instead of plain HTTP.
+    pub ssl: Option<&'a Issued>,
 }
 
 impl Default for NginxOpts<'_> {
     fn default() -> Self {
-        NginxOpts { port: 0, name: "nginx", big_len: 1 << 20, health_status: 200, netns: None }
+        NginxOpts { port: 0, name: "nginx", big_len: 1 << 20, health_status: 200, netns: None, ssl: None }
     }
 }
 
@@ -81,7 +84,15 @@ impl Nginx {
 
     /// One start on `port`: up and listening, or the port was taken; panics on anything else.
     fn try_start(port: u16, opts: &NginxOpts<'_>) -> Bound<Nginx> {
-        let NginxOpts { name, big_len, health_status, netns, .. } = *opts;
+        let NginxOpts { name, big_len, health_status, netns, ssl, .. } = *opts;
+        let listen = match ssl {
+            Some(issued) => format!(
+                "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                issued.cert.display(),
+                issued.key.display()
+            ),
+            None => format!("listen 127.0.0.1:{port};"),
+        };
         let dir = TempDir::new("nginx");
         let d = dir.path().display().to_string();
         let big_path = dir.join("big.bin");
@@ -103,7 +114,7 @@ http {{
     default_type text/plain;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         location / {{ return 200 "{name}\n"; }}
         location = /health {{ return {health_status} "ok\n"; }}
         location = /big {{ alias {big}; }}
