@@ -61,7 +61,8 @@ fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Result<Opti
 /// Reads and checks FILE whole: its text, and the certificate and key files its `tls` lines
 /// name (so `--check` catches a key that does not match its certificate).
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    config::load(path).and_then(|c| shunt::tls::server_configs(&c).map(|_| c)).map_err(|errors| {
+    let loaded = config::load(path).and_then(|c| shunt::tls::server_configs(&c).map(|_| c));
+    loaded.and_then(|c| shunt::tls::backend_configs(&c).map(|_| c)).map_err(|errors| {
         for e in &errors {
             eprintln!("{e}");
         }

@@ -198,6 +198,8 @@ fn servers(plan: &mut Plan, o: &Service, s: &Service, live: &impl Live) {
                 cmp("disabled", w.disabled.to_string(), v.disabled.to_string());
                 let cap = |m: Option<u32>| m.map_or("none".into(), |m| m.to_string());
                 cmp("maxconn", cap(w.maxconn), cap(v.maxconn));
+                let tls = |v: &Server| crate::config::server_tls_text(v).trim().to_string();
+                cmp("tls", tls(w), tls(v));
                 if !f.is_empty() {
                     plan.push(What::Changed, "server", &label(v), f, live.server(&o.name, &w.name));
                 }

@@ -60,6 +60,7 @@ pub fn start_with(
     let mut copies = Vec::new();
     let mut generation = crate::shared::Generation::build(Arc::clone(&config), None, workers);
     generation.tls = crate::tls::server_configs(&config).map_err(StartError::Config)?;
+    generation.server_tls = crate::tls::backend_configs(&config).map_err(StartError::Config)?;
     let mut listening = Vec::new();
     for (si, svc) in config.services.iter().enumerate() {
         for b in &svc.binds {

@@ -17,7 +17,7 @@ use crate::tls::{HandshakeError, TlsEnd};
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub struct Session {
     /// The TLS endpoint over `client`, for a TLS service: the flows read and write plaintext
     /// through it.
     pub tls: Option<Box<TlsEnd>>,
+    /// The TLS endpoint over `backend`, for a server reached with `tls`: set once its TCP
+    /// connect completes; the session streams once its handshake is done too.
+    pub backend_tls: Option<Box<TlsEnd>>,
+    /// While its TCP connect is under way: how to speak TLS to the server once it completes.
+    pub server_tls: Option<Arc<crate::tls::BackendTls>>,
     /// The service whose servers this session uses when a `route sni` line picked one (its own
     /// `service` keeps the connection slot and the client-side counters).
     pub route: Option<Arc<ServiceRuntime>>,
@@ -128,6 +133,8 @@ impl Session {
             service,
             client,
             tls: None,
+            backend_tls: None,
+            server_tls: None,
             route: None,
             peeked_sni: None,
             client_addr,
@@ -182,6 +189,15 @@ impl Session {
         self.client_ready.closed
     }
 
+    /// Moves the TLS handshake with the server on (its TCP connect is complete): `Ok(true)` once
+    /// it is done.
+    pub fn backend_handshake(&mut self) -> Result<bool, HandshakeError> {
+        match (self.backend_tls.as_deref_mut(), self.backend.as_ref()) {
+            (Some(tls), Some(backend)) => tls.handshake(backend.as_fd()),
+            _ => Ok(true),
+        }
+    }
+
     /// Moves the TLS handshake on: `Ok(true)` once it is complete (the worker connects a
     /// server then).
     pub fn handshake(&mut self) -> Result<bool, HandshakeError> {
@@ -204,6 +220,7 @@ impl Session {
     /// A new connect attempt started on `backend` towards `server`.
     pub fn connecting(&mut self, backend: TcpStream, server: Arc<ServerRuntime>, now: Instant) {
         self.backend = Some(backend);
+        self.backend_tls = None;
         self.server = Some(server);
         self.backend_ready = Ready::default();
         self.phase = Phase::Connecting { since: now };
@@ -273,13 +290,9 @@ impl Session {
             return self.abort(failed, now, pools);
         }
         let last = self.down.done();
-        let client = match self.tls.as_deref_mut() {
-            Some(t) => End::Tls(t, c),
-            None => End::Sock(c),
-        };
         let failed = match self.up.pump(
-            client,
-            End::Sock(b),
+            end(&mut self.tls, c),
+            end(&mut self.backend_tls, b),
             &mut self.client_ready,
             &mut self.backend_ready,
             pools,
@@ -292,13 +305,9 @@ impl Session {
         };
         let failed = failed.or_else(|| {
             let last = self.up.done();
-            let client = match self.tls.as_deref_mut() {
-                Some(t) => End::Tls(t, c),
-                None => End::Sock(c),
-            };
             match self.down.pump(
-                End::Sock(b),
-                client,
+                end(&mut self.backend_tls, b),
+                end(&mut self.tls, c),
                 &mut self.backend_ready,
                 &mut self.client_ready,
                 pools,
@@ -318,7 +327,8 @@ impl Session {
             // Both done; a TLS client first gets the records still queued (the close_notify
             // among them), or they would be lost with the socket.
             None if self.up.done() && self.down.done() => {
-                let flushed = self.tls.as_deref_mut().is_none_or(|t| t.flush(c).is_ok());
+                let flushed = self.tls.as_deref_mut().is_none_or(|t| t.flush(c).is_ok())
+                    && self.backend_tls.as_deref_mut().is_none_or(|t| t.flush(b).is_ok());
                 if flushed {
                     Step::Close(Cause::Normal)
                 } else {
@@ -361,15 +371,10 @@ impl Session {
         // Two rounds at most: the reset ends the reading, then what it left pending is drained.
         for _ in 0..2 {
             let tls_queued = self.tls_queued_for(failed);
-            let client = match self.tls.as_deref_mut() {
-                Some(t) => End::Tls(t, c),
-                None => End::Sock(c),
-            };
+            let (client, backend) = (end(&mut self.tls, c), end(&mut self.backend_tls, b));
             let (flow, src, dst, src_ready, dst_ready) = match failed {
-                Side::Client => (&mut self.up, client, End::Sock(b), &mut self.client_ready, &mut self.backend_ready),
-                Side::Backend => {
-                    (&mut self.down, End::Sock(b), client, &mut self.backend_ready, &mut self.client_ready)
-                }
+                Side::Client => (&mut self.up, client, backend, &mut self.client_ready, &mut self.backend_ready),
+                Side::Backend => (&mut self.down, backend, client, &mut self.backend_ready, &mut self.client_ready),
             };
             if flow.src_eof && flow.pending() == 0 && !tls_queued {
                 break;
@@ -414,10 +419,14 @@ impl Session {
         Step::Continue
     }
 
-    /// While aborting for `failed`: the surviving client still has TLS records to receive,
-    /// encrypted from plaintext the flow already counts as delivered.
+    /// While aborting for `failed`: the survivor still has TLS records to receive, encrypted
+    /// from plaintext the flow already counts as delivered.
     fn tls_queued_for(&self, failed: Side) -> bool {
-        failed == Side::Backend && self.tls.as_ref().is_some_and(|t| t.wants_write())
+        let survivor = match failed {
+            Side::Backend => &self.tls,
+            Side::Client => &self.backend_tls,
+        };
+        survivor.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// A flow stopped on its per-turn budget with work left (see `Flow::yielded`).
@@ -447,6 +456,14 @@ impl Session {
         }
         self.up.abandon(pools);
         self.down.abandon(pools);
+    }
+}
+
+/// The flow endpoint over `fd`: through its TLS endpoint when it has one.
+fn end<'a>(tls: &'a mut Option<Box<TlsEnd>>, fd: BorrowedFd<'a>) -> End<'a> {
+    match tls.as_deref_mut() {
+        Some(t) => End::Tls(t, fd),
+        None => End::Sock(fd),
     }
 }
 
@@ -486,6 +503,7 @@ impl Session {
             && !self.closed
             && self.backend.is_some()
             && self.tls.is_none()
+            && self.backend_tls.is_none()
             && self.route.is_none()
     }
 
@@ -607,6 +625,7 @@ mod tests {
             backup: false,
             disabled: false,
             maxconn: None,
+            tls: None,
             line: 1,
         };
         session.connecting(b, Arc::new(ServerRuntime::new(&conf, 1)), t0);

@@ -119,6 +119,7 @@ impl ServerRuntime {
             backup: false,
             disabled: false,
             maxconn: None,
+            tls: None,
             line: 0,
         };
         ServerRuntime::new(&conf, workers)
@@ -187,6 +188,9 @@ pub struct Generation {
     /// Each service's TLS configuration (`None`: plain TCP), in file order (filled in once the
     /// certificates are loaded, see `crate::tls::server_configs`).
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each server's TLS client configuration (`None`: plain TCP), as `servers` is laid out
+    /// (filled in with `tls`, see `crate::tls::backend_configs`).
+    pub server_tls: crate::tls::BackendConfigs,
     /// FNV-1a of the configuration's canonical text (`config::render`, without its comment
     /// line): the same settings always hash the same, whatever the file's layout.
     pub hash: u64,
@@ -235,6 +239,7 @@ impl Generation {
         Generation {
             number: previous.map_or(1, |p| p.number + 1),
             tls: vec![None; config.services.len()],
+            server_tls: config.services.iter().map(|s| vec![None; s.servers.len()]).collect(),
             config,
             services,
             servers,

@@ -157,6 +157,7 @@ impl Supervisor {
         let token = config.admin_token.as_deref().map(bind::read_token).transpose().map_err(ReloadError::Start)?;
         // Certificates and keys are read again: new handshakes get the new files.
         let tls = crate::tls::server_configs(&config).map_err(ReloadError::Config)?;
+        let server_tls = crate::tls::backend_configs(&config).map_err(ReloadError::Config)?;
         let workers = self.workers.len();
         let plan = plan_listeners(old, &config);
         // Bind every new address before changing anything: a failure drops what was bound.
@@ -178,6 +179,7 @@ impl Supervisor {
         config.log_level = old.config.log_level;
         let mut generation = Generation::build(Arc::new(config), Some(old), workers);
         generation.tls = tls;
+        generation.server_tls = server_tls;
         let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
         let mut copies = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let mut old_copies = std::mem::take(&mut *copies);
@@ -223,6 +225,7 @@ impl Supervisor {
         let old = self.stats.current();
         let new = config::load(&old.config.path).map_err(ReloadError::Config)?;
         crate::tls::server_configs(&new).map_err(ReloadError::Config)?;
+        crate::tls::backend_configs(&new).map_err(ReloadError::Config)?;
         Ok(crate::plan::diff(&old.config, &new, &LiveNow(&old)))
     }
 

@@ -10,7 +10,7 @@ mod parse_tls;
 mod render;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
-pub use render::{check as check_text, duration as duration_text, render, tls_lines};
+pub use render::{check as check_text, duration as duration_text, render, server_tls_text, tls_lines};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -248,7 +248,29 @@ pub struct Server {
     pub disabled: bool,
     /// Cap on this server's concurrent connections; `None` = no cap.
     pub maxconn: Option<u32>,
+    /// `tls ...` options: shunt speaks TLS to this server (sessions and health probes).
+    pub tls: Option<ServerTls>,
     pub line: usize,
+}
+
+/// `server NAME ADDR tls [ca FILE | verify none] [sni NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub verify: Verify,
+    /// The name sent as SNI and checked against the server's certificate: `sni NAME`, or the
+    /// host name the address was given as; `None` for an address (checked as an IP address).
+    pub name: Option<String>,
+}
+
+/// How a server's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// Against the system's CA bundle (the default).
+    SystemRoots,
+    /// Against the CAs of this PEM file (`ca FILE`).
+    Ca(PathBuf),
+    /// Not at all (`verify none`): encryption without authentication.
+    Nothing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,14 +18,17 @@ use super::lexer::{
     self, admin_addr, check_name, duration, http_path, is_hostname, listen_addr, method, not_ip, number, parse_ip,
     show, status, Line, Token,
 };
-use super::{Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, Service, Splice, Timeouts};
+use super::{
+    Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, ServerTls, Service, Splice, Timeouts,
+    Verify,
+};
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
 const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
 const RESERVED: &[&str] = &["allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
-const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn"];
+const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source"];
@@ -445,7 +448,9 @@ fn bind(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
 fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
     b.any_server = true;
     let [name, addr, opts @ ..] = a else {
-        return Err(arity("server NAME ADDR [weight N] [backup] [disabled] [maxconn N]"));
+        return Err(arity(
+            "server NAME ADDR [weight N] [backup] [disabled] [maxconn N] [tls [ca FILE | verify none] [sni NAME]]",
+        ));
     };
     let name = text(name)?;
     check_name("server name", name)?;
@@ -459,19 +464,60 @@ fn server(b: &mut Block, a: &[Token], n: usize, resolve: Resolver) -> Res<()> {
         ));
     }
     b.seen.push((key, n));
-    let addr = server_addr(text(addr)?, resolve)?;
-    let mut s =
-        Server { name: name.to_string(), addr, weight: 1, backup: false, disabled: false, maxconn: None, line: n };
+    let addr_text = text(addr)?;
+    let addr = server_addr(addr_text, resolve)?;
+    let mut s = Server {
+        name: name.to_string(),
+        addr,
+        weight: 1,
+        backup: false,
+        disabled: false,
+        maxconn: None,
+        tls: None,
+        line: n,
+    };
+    let (mut tls, mut verify, mut sni) = (false, None, None);
     options(opts, |opt, it| {
         match opt {
             "weight" => s.weight = number("weight ", value(it, "weight N")?, 0, MAX_WEIGHT)? as u32,
             "maxconn" => s.maxconn = Some(number("maxconn ", value(it, "maxconn N")?, 1, MAX_COUNT)? as u32),
             "backup" => s.backup = true,
             "disabled" => s.disabled = true,
+            "tls" => tls = true,
+            "ca" | "verify" if verify.is_some() => {
+                return Err("give one of \"ca FILE\" and \"verify none\", not both".to_string())
+            }
+            "ca" => {
+                let file = value(it, "ca FILE")?;
+                if file.is_empty() {
+                    return Err("the ca file name is empty".to_string());
+                }
+                verify = Some(Verify::Ca(PathBuf::from(file)));
+            }
+            "verify" => match value(it, "verify none")? {
+                "none" => verify = Some(Verify::Nothing),
+                v => return Err(choice("verify value", v, &["none"])),
+            },
+            "sni" => {
+                let name = value(it, "sni NAME")?;
+                if !is_hostname(name) {
+                    return Err(format!("sni {} is not a host name", show(name)));
+                }
+                sni = Some(name.to_ascii_lowercase());
+            }
             _ => return Err(choice("option", opt, SERVER_OPTIONS)),
         }
         Ok(())
     })?;
+    if !tls && (verify.is_some() || sni.is_some()) {
+        return Err("ca, verify and sni are options of tls: add \"tls\" before them".to_string());
+    }
+    if tls {
+        // The name to check: `sni`, or the host the address was written with.
+        let host = addr_text.rsplit_once(':').map(|(h, _)| h).filter(|h| is_hostname(h));
+        let name = sni.or_else(|| host.map(str::to_ascii_lowercase));
+        s.tls = Some(ServerTls { verify: verify.unwrap_or(Verify::SystemRoots), name });
+    }
     b.svc.servers.push(s);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! error path (line number and message), multiple errors at once, and garbage bytes.
 
 use super::*;
-use crate::config::{SniPattern, StatusMatch};
+use crate::config::{ServerTls, SniPattern, StatusMatch, Verify};
 
 /// One valid service (lines 1-3); each error case adds exactly one mistake to it. A macro, so
 /// `concat!` can build the cases from it.
@@ -35,7 +35,7 @@ fn errors(src: &[u8]) -> Vec<(usize, String)> {
 
 fn srv(name: &str, addr: &str, line: usize) -> Server {
     let addr = addr.parse().unwrap();
-    Server { name: name.into(), addr, weight: 1, backup: false, disabled: false, maxconn: None, line }
+    Server { name: name.into(), addr, weight: 1, backup: false, disabled: false, maxconn: None, tls: None, line }
 }
 
 fn svc(name: &str, line: usize, binds: &[(ListenAddr, usize)]) -> Service {
@@ -220,6 +220,25 @@ fn routes_need_no_servers_in_front_nor_binds_behind() {
 }
 
 #[test]
+fn server_tls_options_and_the_name_to_verify() {
+    let c = parse(
+        "service web\nbind *:0\nserver a localhost:443 tls\nserver b 127.0.0.1:443 tls ca /etc/ca.pem sni API.internal\n\
+         server c 127.0.0.1:444 tls verify none weight 2\nserver d 127.0.0.1:80\n",
+    )
+    .unwrap();
+    let tls: Vec<Option<ServerTls>> = c.services[0].servers.iter().map(|s| s.tls.clone()).collect();
+    assert_eq!(tls[0], Some(ServerTls { verify: Verify::SystemRoots, name: Some("localhost".into()) }));
+    assert_eq!(tls[1], Some(ServerTls { verify: Verify::Ca("/etc/ca.pem".into()), name: Some("api.internal".into()) }));
+    assert_eq!(tls[2], Some(ServerTls { verify: Verify::Nothing, name: None }), "an address: no name");
+    assert_eq!(tls[3], None);
+    // The rendered text parses back to the same settings (the host name became an address and
+    // the name it stood for an explicit sni).
+    let again = parse(&crate::config::render(&c)).unwrap();
+    let tls_again: Vec<Option<ServerTls>> = again.services[0].servers.iter().map(|s| s.tls.clone()).collect();
+    assert_eq!(tls_again, tls);
+}
+
+#[test]
 fn sni_patterns_match_names_and_subdomains_at_any_depth() {
     let exact = SniPattern::Exact("api.example.com".into());
     let under = SniPattern::Under(".example.com".into());
@@ -363,6 +382,10 @@ error_cases! {
         => 5, "pattern a.test is already routed on line 4";
     route_two_hops: concat!(ok!(+ "route sni a.test api\n"), "service api\nroute sni b.test other\nservice other\nserver b 127.0.0.1:2\n")
         => 4, r#"route: service "api" has routes of its own"#;
+    server_ca_without_tls: ok!(+ "server b 127.0.0.1:2 ca a.pem\n") => 4, "ca, verify and sni are options of tls";
+    server_ca_and_verify_none: ok!(+ "server b 127.0.0.1:2 tls ca a.pem verify none\n") => 4, "not both";
+    server_verify_value: ok!(+ "server b 127.0.0.1:2 tls verify some\n") => 4, r#"unknown verify value "some""#;
+    server_sni_not_a_name: ok!(+ "server b 127.0.0.1:2 tls sni a..b\n") => 4, r#"sni "a..b" is not a host name"#;
     route_arity: ok!(+ "route sni a.test\n") => 4, "expected: route sni PATTERN SERVICE";
     tls_without_cert: ok!(+ "tls alpn h2\n") => 4, "tls: no certificate: add \"tls cert FILE key FILE\"";
     tls_cert_without_key: ok!(+ "tls cert a.pem\n") => 4, "expected: tls cert FILE key FILE";

@@ -3,7 +3,7 @@
 //! the text gives the same value back (line numbers aside); server host names appear as the
 //! addresses they resolved to, and secrets stay file names.
 
-use super::{Check, CheckKind, Config, Splice, StatusMatch, Tls};
+use super::{Check, CheckKind, Config, Server, Splice, StatusMatch, Tls, Verify};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub fn render(c: &Config) -> String {
             if let Some(m) = v.maxconn {
                 let _ = write!(o, " maxconn {m}");
             }
+            o.push_str(&server_tls_text(v));
             o.push('\n');
         }
         if let Some(line) = check(&s.check) {
@@ -65,6 +66,25 @@ pub fn render(c: &Config) -> String {
         for r in &s.routes {
             let _ = writeln!(o, "  route sni {} {}", r.pattern, r.service);
         }
+    }
+    o
+}
+
+/// A server line's TLS options (` tls ca FILE sni NAME`), or nothing for plain TCP.
+pub fn server_tls_text(v: &Server) -> String {
+    let Some(t) = &v.tls else {
+        return String::new();
+    };
+    let mut o = " tls".to_string();
+    match &t.verify {
+        Verify::SystemRoots => {}
+        Verify::Ca(file) => {
+            let _ = write!(o, " ca {}", quote(file.as_os_str().as_encoded_bytes()));
+        }
+        Verify::Nothing => o.push_str(" verify none"),
+    }
+    if let Some(name) = &t.name {
+        let _ = write!(o, " sni {name}");
     }
     o
 }

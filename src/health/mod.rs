@@ -60,6 +60,8 @@ struct Target {
     server: Arc<ServerRuntime>,
     /// Its service's check (kind, timings, port).
     check: Check,
+    /// For a server reached with `tls`: probes handshake first.
+    tls: Option<Arc<crate::tls::BackendTls>>,
     /// Where probes go (the server's address, or its host with the check's `port`).
     addr: SocketAddr,
     label: String,
@@ -129,11 +131,14 @@ impl HealthThread {
         let old = std::mem::take(&mut self.targets);
         for (si, server) in generation.all_servers() {
             let svc = &generation.config.services[si];
+            let position = generation.servers[si].iter().position(|s| Arc::ptr_eq(s, server));
+            let tls = position.and_then(|j| generation.server_tls[si][j].clone());
             let addr = SocketAddr::new(server.addr.ip(), svc.check.port.unwrap_or(server.addr.port()));
             let kept = old.iter().find(|t| t.server.id == server.id);
             self.targets.push(Target {
                 server: Arc::clone(server),
                 check: svc.check.clone(),
+                tls,
                 addr,
                 label: format!("{}/{}", svc.name, server.name),
                 health: match kept {
@@ -176,7 +181,7 @@ impl HealthThread {
             }
             let deadline = now + t.check.timeout;
             let interval = t.check.interval;
-            match Probe::start(t.addr, &t.check.kind, now, deadline) {
+            match Probe::start(t.addr, &t.check.kind, t.tls.clone(), now, deadline) {
                 Ok(mut p) => {
                     if let Err(e) =
                         self.poll.registry().register(&mut p.stream, Token(i), Interest::READABLE | Interest::WRITABLE)

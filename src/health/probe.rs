@@ -1,10 +1,14 @@
-//! One active probe as a non-blocking state machine: connect, optionally send a request, read
-//! until the reply is judged. The health thread drives many of these at once on its own
+//! One active probe as a non-blocking state machine: connect, the TLS handshake for a server
+//! reached with `tls` (its certificate must verify, whatever the check), optionally send a
+//! request, read until the reply is judged. The health thread drives many of these at once on its own
 //! `mio::Poll`, so a black-holed server only costs its own probe's timeout.
 
 use crate::config::{CheckKind, StatusMatch};
+use crate::tls::{BackendTls, TlsEnd};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Replies are judged on at most this many bytes; a server that sends more without matching
@@ -14,6 +18,8 @@ pub const MAX_REPLY: usize = 16 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 enum Stage {
     Connecting,
+    /// The TLS handshake with a `tls` server.
+    Handshake,
     /// Writing the request; `usize` bytes of it are sent.
     Sending(usize),
     Reading,
@@ -33,11 +39,20 @@ pub struct Probe {
     stage: Stage,
     request: Vec<u8>,
     reply: Vec<u8>,
+    /// For a `tls` server: how to reach it, then (once connected) the TLS endpoint.
+    tls_config: Option<Arc<BackendTls>>,
+    tls: Option<TlsEnd>,
 }
 
 impl Probe {
     /// Starts connecting; the caller registers `stream` for READABLE | WRITABLE.
-    pub fn start(addr: SocketAddr, kind: &CheckKind, now: Instant, deadline: Instant) -> io::Result<Probe> {
+    pub fn start(
+        addr: SocketAddr,
+        kind: &CheckKind,
+        tls_config: Option<Arc<BackendTls>>,
+        now: Instant,
+        deadline: Instant,
+    ) -> io::Result<Probe> {
         let stream = mio::net::TcpStream::connect(addr)?;
         let request = match kind {
             CheckKind::None | CheckKind::Tcp => Vec::new(),
@@ -47,7 +62,8 @@ impl Probe {
             )
             .into_bytes(),
         };
-        Ok(Probe { stream, started: now, deadline, stage: Stage::Connecting, request, reply: Vec::new() })
+        let stage = Stage::Connecting;
+        Ok(Probe { stream, started: now, deadline, stage, request, reply: Vec::new(), tls_config, tls: None })
     }
 
     /// Advances on readiness. `Some` once the probe is decided.
@@ -64,12 +80,29 @@ impl Probe {
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
                         Err(e) => return Some(Verdict::Fail(format!("connect: {e}"))),
                     }
+                    if let Some(config) = self.tls_config.take() {
+                        match TlsEnd::client(&config) {
+                            Ok(tls) => self.tls = Some(tls),
+                            Err(e) => return Some(Verdict::Fail(format!("TLS: {e}"))),
+                        }
+                        self.stage = Stage::Handshake;
+                        continue;
+                    }
                     if matches!(kind, CheckKind::None | CheckKind::Tcp) {
                         return Some(Verdict::Pass);
                     }
                     self.stage = Stage::Sending(0);
                 }
-                Stage::Sending(sent) => match self.stream.write(&self.request[sent..]) {
+                Stage::Handshake => {
+                    let tls = self.tls.as_mut().expect("invariant: a handshake has a TLS endpoint");
+                    match tls.handshake(self.stream.as_fd()) {
+                        Ok(false) => return None,
+                        Ok(true) if matches!(kind, CheckKind::None | CheckKind::Tcp) => return Some(Verdict::Pass),
+                        Ok(true) => self.stage = Stage::Sending(0),
+                        Err(e) => return Some(Verdict::Fail(format!("TLS: {e}"))),
+                    }
+                }
+                Stage::Sending(sent) => match self.write(sent) {
                     Ok(n) if sent + n == self.request.len() => self.stage = Stage::Reading,
                     Ok(n) => self.stage = Stage::Sending(sent + n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -78,7 +111,7 @@ impl Probe {
                 },
                 Stage::Reading => {
                     let mut chunk = [0u8; 4096];
-                    match self.stream.read(&mut chunk) {
+                    match self.read(&mut chunk) {
                         Ok(0) => {
                             return Some(judge(kind, &self.reply, true).unwrap_or_else(|| {
                                 Verdict::Fail(format!(
@@ -103,6 +136,32 @@ impl Probe {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Probe {
+    /// Sends the request from byte `sent` on (through TLS for a `tls` server).
+    fn write(&mut self, sent: usize) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls.write_plain(self.stream.as_fd(), &self.request[sent..]),
+            None => self.stream.write(&self.request[sent..]),
+        }
+    }
+
+    /// Reads reply bytes (through TLS for a `tls` server; its end, with or without
+    /// `close_notify`, reads as EOF).
+    fn read(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => {
+                // The request's last records may still wait for the socket.
+                match tls.flush(self.stream.as_fd()) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
+                }
+                tls.read_plain(self.stream.as_fd(), chunk)
+            }
+            None => self.stream.read(chunk),
         }
     }
 }

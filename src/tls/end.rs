@@ -1,4 +1,5 @@
-//! A session's TLS endpoint: a rustls `ServerConnection` over the client's non-blocking socket.
+//! A session's TLS endpoint: a rustls connection over a non-blocking socket — the server side
+//! towards a client (termination), or the client side towards a server (`server ... tls`).
 //! The relay's flows read plaintext from it and write plaintext to it as they would a socket;
 //! it moves records between rustls and the socket as far as the socket allows, and says
 //! `WouldBlock` exactly when the socket does, so edge-triggered readiness stays truthful.
@@ -12,7 +13,7 @@
 
 use crate::relay::BUF_SIZE;
 use crate::sys;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ impl HandshakeError {
 impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HandshakeError::Closed => write!(f, "the client closed during the handshake"),
+            HandshakeError::Closed => write!(f, "the peer closed during the handshake"),
             HandshakeError::Tls(e) => write!(f, "{e}"),
             HandshakeError::Io(e) => write!(f, "{e}"),
             HandshakeError::Hello(e) => write!(f, "{e}"),
@@ -99,7 +100,7 @@ impl Write for Sock<'_> {
 }
 
 pub struct TlsEnd {
-    conn: ServerConnection,
+    conn: Connection,
     /// The client's TCP FIN came without a `close_notify`.
     truncated: bool,
 }
@@ -111,10 +112,22 @@ impl std::fmt::Debug for TlsEnd {
 }
 
 impl TlsEnd {
+    /// The server side of a session with a client.
     pub fn new(config: Arc<ServerConfig>) -> io::Result<TlsEnd> {
-        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(TlsEnd::over(conn.into()))
+    }
+
+    /// The client side of a session with a server.
+    pub fn client(backend: &super::BackendTls) -> io::Result<TlsEnd> {
+        let conn =
+            ClientConnection::new(Arc::clone(&backend.config), backend.name.clone()).map_err(io::Error::other)?;
+        Ok(TlsEnd::over(conn.into()))
+    }
+
+    fn over(mut conn: Connection) -> TlsEnd {
         conn.set_buffer_limit(Some(BUF_SIZE));
-        Ok(TlsEnd { conn, truncated: false })
+        TlsEnd { conn, truncated: false }
     }
 
     /// Moves the handshake on as far as the socket allows: `Ok(true)` once it is complete (what
@@ -228,7 +241,10 @@ impl TlsEnd {
             _ => "-",
         };
         TlsInfo {
-            sni: self.conn.server_name().map(str::to_string),
+            sni: match &self.conn {
+                Connection::Server(c) => c.server_name().map(str::to_string),
+                Connection::Client(_) => None,
+            },
             version,
             cipher: self.conn.negotiated_cipher_suite().map_or("-".into(), |c| format!("{:?}", c.suite())),
             alpn: self.conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),

@@ -9,9 +9,11 @@
 //!
 //! Crypto provider: `ring` (builds with the C compiler alone, on any Debian); see the README.
 
+mod client;
 mod end;
 pub mod hello;
 
+pub use client::{backend_configs, BackendConfigs, BackendTls};
 pub use end::{HandshakeError, TlsEnd, TlsInfo};
 
 use crate::config::{CertKey, Config, ConfigError, Tls, TlsVersion};

@@ -6,6 +6,7 @@ use super::{Worker, ACCEPT_BACKOFF};
 use crate::logs::{self, Cause};
 use crate::net;
 use crate::shared::HealthMsg;
+use crate::tls::TlsEnd;
 use crate::token::{self, Side};
 use mio::net::TcpStream;
 use mio::Interest;
@@ -25,9 +26,9 @@ impl Worker {
             let pick = self.pools.iter_mut().find(|p| Arc::ptr_eq(&p.rt, servers_of)).and_then(|pool| {
                 let tried = pool.positions(&session.tried);
                 let i = pool.balancer.pick(&pool.servers, session.client_addr.ip(), &tried)?;
-                Some((Arc::clone(&pool.servers[i].rt), pool.servers[i].maxconn))
+                Some((Arc::clone(&pool.servers[i].rt), pool.servers[i].maxconn, pool.servers[i].tls.clone()))
             });
-            let Some((server, maxconn)) = pick else {
+            let Some((server, maxconn, tls)) = pick else {
                 let cause = if session.tried.is_empty() {
                     session.service.counters[self.index].0.refused_no_server.add(1);
                     Cause::NoServer
@@ -50,6 +51,7 @@ impl Worker {
                         Interest::READABLE | Interest::WRITABLE,
                     );
                     session.connecting(stream, server, now);
+                    session.server_tls = tls;
                     if let Err(e) = registered {
                         logs::limited_warn("register", format_args!("register backend: {e}"));
                         self.close(slot, Cause::Resource, now);
@@ -98,6 +100,7 @@ impl Worker {
         if let Some(mut backend) = session.backend.take() {
             let _ = self.poll.registry().deregister(&mut backend);
         }
+        session.backend_tls = None;
         let Some(server) = session.server.take() else {
             return;
         };
@@ -110,9 +113,13 @@ impl Worker {
     }
 
     /// A backend event while connecting: did the connect complete? (mio: writable, then
-    /// `take_error`, then `peer_addr`; `NotConnected` means not yet.)
+    /// `take_error`, then `peer_addr`; `NotConnected` means not yet.) For a TLS server, the
+    /// handshake follows and the session streams once it is done.
     pub(super) fn check_connect(&mut self, slot: usize, now: Instant) {
         let session = &mut self.sessions[slot];
+        if session.backend_tls.is_some() {
+            return self.drive_server_handshake(slot, now);
+        }
         let Some(stream) = session.backend.as_ref() else {
             return;
         };
@@ -130,17 +137,40 @@ impl Worker {
             Err(e) => self.connect_failed(slot, &e.to_string(), false, now),
             Ok(()) => {
                 let _ = stream.set_nodelay(true);
-                session.connected(now);
-                let server = session.server.as_ref().expect("invariant: connecting sessions have a server");
-                let counters = &server.counters[self.index].0;
-                counters.connects.add(1);
-                if let Some(t) = session.connect_time {
-                    counters.connect_time.observe(t);
+                if let Some(tls) = session.server_tls.take() {
+                    match TlsEnd::client(&tls) {
+                        Ok(end) => session.backend_tls = Some(Box::new(end)),
+                        Err(e) => return self.connect_failed(slot, &format!("TLS: {e}"), false, now),
+                    }
+                    return self.drive_server_handshake(slot, now);
                 }
-                // The idle deadline may come before the connect deadline still armed.
-                self.arm_timer(slot);
-                self.pump(slot, now);
+                self.streaming(slot, now);
             }
         }
+    }
+
+    /// Moves the TLS handshake with the server on; a failure (a certificate that does not
+    /// verify, a server that does not speak TLS) is a failed connect, with its reason.
+    fn drive_server_handshake(&mut self, slot: usize, now: Instant) {
+        match self.sessions[slot].backend_handshake() {
+            Ok(false) => {}
+            Ok(true) => self.streaming(slot, now),
+            Err(e) => self.connect_failed(slot, &format!("TLS: {e}"), false, now),
+        }
+    }
+
+    /// The server is connected (and its TLS handshake done): the session streams.
+    fn streaming(&mut self, slot: usize, now: Instant) {
+        let session = &mut self.sessions[slot];
+        session.connected(now);
+        let server = session.server.as_ref().expect("invariant: connecting sessions have a server");
+        let counters = &server.counters[self.index].0;
+        counters.connects.add(1);
+        if let Some(t) = session.connect_time {
+            counters.connect_time.observe(t);
+        }
+        // The idle deadline may come before the connect deadline still armed.
+        self.arm_timer(slot);
+        self.pump(slot, now);
     }
 }

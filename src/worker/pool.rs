@@ -15,6 +15,8 @@ pub(super) struct ServerView {
     pub(super) maxconn: Option<u32>,
     /// Last verdict received from the health thread.
     pub(super) up: bool,
+    /// How to speak TLS to it (`server ... tls`), from the generation in force.
+    pub(super) tls: Option<Arc<crate::tls::BackendTls>>,
     pub(super) admin: AdminState,
 }
 
@@ -53,20 +55,23 @@ impl ServicePool {
             .iter()
             .zip(&generation.services)
             .zip(&generation.servers)
-            .map(|((svc, rt), servers)| ServicePool {
+            .zip(&generation.server_tls)
+            .map(|(((svc, rt), servers), tls)| ServicePool {
                 rt: Arc::clone(rt),
                 balancer: Balancer::new(svc.balance, svc.servers.len()),
                 servers: svc
                     .servers
                     .iter()
                     .zip(servers)
-                    .map(|(srv, rt)| ServerView {
+                    .zip(tls)
+                    .map(|((srv, rt), tls)| ServerView {
                         rt: Arc::clone(rt),
                         weight: rt.weight.load(Relaxed),
                         backup: srv.backup,
                         maxconn: srv.maxconn,
                         up: rt.up.load(Relaxed),
                         admin: rt.admin(),
+                        tls: tls.clone(),
                     })
                     .collect(),
             })

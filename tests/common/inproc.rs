@@ -25,6 +25,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
                 backup: false,
                 disabled: false,
                 maxconn: None,
+                tls: None,
                 line: 3 + i,
             })
             .collect(),
