@@ -227,6 +227,98 @@ fn a_fin_without_close_notify_is_logged_as_a_truncation() {
     assert!(sessions[0].raw.ends_with(" truncated"), "{}", sessions[0].raw);
 }
 
+/// Waits until `f()` (a byte count) has not moved for half a second; its last value.
+fn settled(what: &str, f: impl Fn() -> u64) -> u64 {
+    let mut last = (u64::MAX, Instant::now());
+    wait_for(Duration::from_secs(30), what, || {
+        let now = f();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(500)
+    });
+    last.0
+}
+
+#[test]
+fn a_client_that_never_reads_and_one_that_never_stops_sending_are_held_back() {
+    const LEN: u64 = 96 << 20;
+    let mut ca = Ca::new("bp-ca");
+    let cert = ca.server(&["localhost"], KeyKind::EcdsaP256);
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server_go = Arc::clone(&go);
+    // Connection 1: pushes LEN bytes at a client that reads nothing yet. Connection 2: reads
+    // nothing until `go`, then everything.
+    let server = TcpServer::start(move |mut s, stats| {
+        if stats.accepted.load(Ordering::SeqCst) == 1 {
+            let mut buf = vec![0u8; 256 * 1024];
+            for off in (0..LEN).step_by(buf.len()) {
+                pattern_fill(31, off, &mut buf);
+                if s.write_all(&buf).is_err() {
+                    return;
+                }
+                stats.bytes_out.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        } else {
+            while !server_go.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let mut got = Vec::new();
+            if s.read_to_end(&mut got).is_ok() && expect_pattern(&mut &got[..], 32, LEN).is_ok() {
+                stats.bytes_in.fetch_add(got.len() as u64, Ordering::SeqCst);
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        }
+    });
+    let mut shunt = start_shunt(&conf(&cert, server.addr, ""));
+    let config = client_config(&ca.cert, &[], None);
+    let addr = shunt.addr("web");
+    let rss_before = shunt.rss_kib();
+
+    // Downloads: the server is held back once the kernels' buffers are full; shunt holds at
+    // most its buffers for the session.
+    let mut reader = tls_over(connect_rcvbuf(addr, 4096), "localhost", &config).unwrap();
+    let pushed = settled("the server to be held back", || server.bytes_out());
+    let rss = shunt.rss_kib();
+    assert!(pushed < LEN / 2, "the server pushed {pushed} of {LEN} bytes at a client that reads nothing");
+    assert!(rss < rss_before + 2048, "shunt's RSS grew from {rss_before} to {rss} KiB");
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    expect_pattern(&mut &got[..], 31, LEN).unwrap();
+    send_close_notify(&mut reader).unwrap();
+    drop(reader);
+
+    // Uploads: the client is held back while the server reads nothing.
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (config, sent) = (config.clone(), Arc::clone(&sent));
+        thread::spawn(move || -> io::Result<()> {
+            let mut s = tls_connect(addr, "localhost", &config)?;
+            s.sock.set_write_timeout(Some(Duration::from_secs(60)))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            for off in (0..LEN).step_by(buf.len()) {
+                pattern_fill(32, off, &mut buf);
+                s.write_all(&buf)?;
+                sent.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            }
+            send_close_notify(&mut s)?;
+            // What shunt sent (session tickets, then the server's end as close_notify) is read,
+            // so the close is a FIN, not a reset over unread bytes.
+            read_to_close_notify(&mut s).map(drop)
+        })
+    };
+    let accepted = settled("the client to be held back", || sent.load(Ordering::SeqCst));
+    let rss = shunt.rss_kib();
+    assert!(accepted < LEN / 2, "the client sent {accepted} of {LEN} bytes to a server that reads nothing");
+    assert!(rss < rss_before + 2048, "shunt's RSS grew from {rss_before} to {rss} KiB");
+    go.store(true, Ordering::SeqCst);
+    writer.join().unwrap().unwrap();
+    wait_for(T, "the server to read every byte", || server.bytes_in() == LEN);
+    let sessions = shunt.wait_all_logged(T);
+    assert!(sessions.iter().all(|s| s.code == "--"), "{sessions:#?}");
+}
+
 /// The end-entity certificate a new session is shown.
 fn presented(addr: SocketAddr, ca: &Ca) -> Vec<u8> {
     let s = tls_connect(addr, "localhost", &client_config(&ca.cert, &[], None)).unwrap();

@@ -43,7 +43,8 @@ class Settings:
             if unknown:
                 raise BenchError(f"--only: unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
         self.candidates = [c for c in CANDIDATES if not only or c in only]
-        known = ["keepalive", "close", "download", "iperf1", "iperf4", "idle", "syscalls"]
+        known = ["keepalive", "close", "download", "iperf1", "iperf4", "idle", "syscalls",
+                 "tls_close_ecdsa", "tls_close_rsa", "tls_keepalive", "tls_download"]
         self.only_figures = [f.strip() for f in args.figures.split(",")] if args.figures else known
         unknown = [f for f in self.only_figures if f not in known]
         if unknown:
@@ -106,7 +107,8 @@ def parse_args(argv, doc):
     p.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 2000 idle connections (about 2 minutes)")
     p.add_argument("--rounds", type=int, help="rounds per figure (default 3; 1 with --quick)")
     p.add_argument("--only", help=f"comma-separated candidates (default all: {','.join(CANDIDATES)})")
-    p.add_argument("--figures", help="comma-separated subset of keepalive,close,download,iperf1,iperf4,idle,syscalls")
+    p.add_argument("--figures", help="comma-separated subset of keepalive,close,download,iperf1,iperf4,idle,syscalls,"
+                        "tls_close_ecdsa,tls_close_rsa,tls_keepalive,tls_download")
     p.add_argument("--scaling", action="store_true", help="run only the 2-worker scaling part")
     p.add_argument("--all", action="store_true", help="run the figures, then the scaling part")
     p.add_argument("--out", default=str(ROOT / "target" / "bench"), help="output directory (default target/bench/)")

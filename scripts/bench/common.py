@@ -23,6 +23,7 @@ SCALING_CPUS = "0,1"  # 2 workers: the balancer may use both cores (load stays o
 CANDIDATES = ["direct", "shunt", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]
 PEERS = ["haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]  # ratio columns
 SCALING_CANDIDATES = ["shunt", "haproxy", "nginx"]
+TLS_CANDIDATES = ["shunt", "haproxy", "nginx"]  # the TLS figures' candidates
 BIG_SIZE = 1 << 20  # /1m on the backends
 SMALL_BODY = "ok\n"  # / on the backends
 WRK_TIMEOUT = "5s"  # a response slower than this counts as a wrk timeout error

@@ -7,7 +7,7 @@ A RunError from a runner becomes the sample's "error"; the loop goes on."""
 
 import time
 
-from .common import BALANCER_CPUS, LOAD_CPUS, RunError, log
+from .common import BALANCER_CPUS, LOAD_CPUS, TLS_CANDIDATES, RunError, log
 from .load import hold_and_settle, iperf3, wrk
 from .net import warm_up
 from .peers import make_candidate
@@ -48,6 +48,30 @@ def run_close(inst, cfg, **_):
 
 def run_download(inst, cfg, **_):
     w, cpu = cpu_block(inst, lambda: wrk(inst.web_port, "/1m", 8, cfg.duration))
+    moved = w["bytes_read"] + w["bytes_sent"]
+    return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
+                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved)},
+            "errors": w["errors"], "raw": w["raw"]}
+
+
+def run_tls_close(kind):
+    def run(inst, cfg, **_):
+        w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports[kind], "/", 50, cfg.duration, close=True, scheme="https"))
+        return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
+                            "cpu_per_100k": per_100k(cpu, w["requests"])},
+                "errors": w["errors"], "raw": w["raw"]}
+    return run
+
+
+def run_tls_keepalive(inst, cfg, **_):
+    w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/", 50, cfg.duration, scheme="https"))
+    return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
+                        "cpu_per_100k": per_100k(cpu, w["requests"])},
+            "errors": w["errors"], "raw": w["raw"]}
+
+
+def run_tls_download(inst, cfg, **_):
+    w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/1m", 8, cfg.duration, scheme="https"))
     moved = w["bytes_read"] + w["bytes_sent"]
     return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
                         "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved)},
@@ -103,8 +127,13 @@ def run_idle(inst, cfg, cand, backends, tmp, **_):
 
 
 class Figure:
-    def __init__(self, key, title, runner, proxied_only=False):
+    def __init__(self, key, title, runner, proxied_only=False, only=None):
         self.key, self.title, self.runner, self.proxied_only = key, title, runner, proxied_only
+        # TLS figures: one HAProxy (its splice options do not apply to TLS), no direct.
+        self.only = only
+
+    def runs(self, cand):
+        return (cand.proxied or not self.proxied_only) and (self.only is None or cand.name in self.only)
 
 
 def figures(cfg):
@@ -116,6 +145,14 @@ def figures(cfg):
         Figure("iperf1", f"iperf3 -P 1 -t {d}", run_iperf(1)),
         Figure("iperf4", f"iperf3 -P 4 -t {d}", run_iperf(4)),
         Figure("idle", f"{cfg.idle_conns} idle proxied connections (fresh balancer)", run_idle, proxied_only=True),
+        Figure("tls_close_ecdsa", f"wrk -t1 -c50 -d{d}s -H 'Connection: close' over https, ECDSA P-256",
+               run_tls_close("ecdsa"), only=TLS_CANDIDATES),
+        Figure("tls_close_rsa", f"wrk -t1 -c50 -d{d}s -H 'Connection: close' over https, RSA-2048",
+               run_tls_close("rsa"), only=TLS_CANDIDATES),
+        Figure("tls_keepalive", f"wrk -t1 -c50 -d{d}s keep-alive over https (ECDSA), GET /", run_tls_keepalive,
+               only=TLS_CANDIDATES),
+        Figure("tls_download", f"wrk -t1 -c8 -d{d}s keep-alive over https (ECDSA), GET /1m (1 MiB)",
+               run_tls_download, only=TLS_CANDIDATES),
     ]
 
 
@@ -143,6 +180,14 @@ METRICS = [
     Metric("iperf1", "load_cpu_busy_pct", "Load CPU busy during iperf3, 1 stream", "%", None),
     Metric("iperf4", "load_cpu_busy_pct", "Load CPU busy during iperf3, 4 streams", "%", None),
     Metric("iperf1", "wakeups_per_gb", "Balancer sleeps/wake-ups per GB (iperf3, 1 stream)", "per GB", None),
+    Metric("tls_close_ecdsa", "rps", "TLS handshakes per second (Connection: close, ECDSA P-256)", "conn/s", True),
+    Metric("tls_close_rsa", "rps", "TLS handshakes per second (Connection: close, RSA-2048)", "conn/s", True),
+    Metric("tls_keepalive", "rps", "Keep-alive requests per second over TLS", "req/s", True),
+    Metric("tls_download", "mib_s", "1 MiB downloads over TLS", "MiB/s", True),
+    Metric("tls_close_ecdsa", "cpu_per_100k", "Balancer CPU per 100k TLS connections (ECDSA)", "CPU-s", False),
+    Metric("tls_close_rsa", "cpu_per_100k", "Balancer CPU per 100k TLS connections (RSA)", "CPU-s", False),
+    Metric("tls_keepalive", "cpu_per_100k", "Balancer CPU per 100k requests over TLS (keep-alive)", "CPU-s", False),
+    Metric("tls_download", "cpu_per_gb", "Balancer CPU per GB over TLS (1 MiB downloads)", "CPU-s", False),
 ]
 
 
@@ -179,7 +224,7 @@ def run_figures(cfg, backends, tmp, results):
                 continue
             for rnd in range(cfg.rounds):
                 for name, cand in cands.items():
-                    if fig.proxied_only and not cand.proxied:
+                    if not fig.runs(cand):
                         continue
                     insts[name] = ensure_running(insts[name], cand, backends, tmp, results)
                     backends.check()

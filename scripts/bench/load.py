@@ -68,12 +68,13 @@ def parse_wrk(out):
     return res
 
 
-def wrk(port, path, conns, duration, close=False, during=None):
-    """wrk -t1 on the load CPU; `during` is called once halfway through (to sample the balancer)."""
+def wrk(port, path, conns, duration, close=False, during=None, scheme="http"):
+    """wrk -t1 on the load CPU; `during` is called once halfway through (to sample the balancer).
+    scheme "https": over TLS (wrk does not verify the certificate)."""
     argv = ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", WRK_TIMEOUT]
     if close:
         argv += ["-H", "Connection: close"]
-    url = f"http://{HOST}:{port}{path}"
+    url = f"{scheme}://{HOST}:{port}{path}"
     argv.append(url)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

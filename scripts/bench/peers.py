@@ -3,22 +3,27 @@ balancer). A Candidate writes its config, has the tool check it, and starts itse
 an Instance that knows where to send load and which processes to account for.
 
 Every candidate fronts the same backends (backends.py) on two listeners: web (round robin over
-the two nginx servers) and iperf (one server, so iperf3's control and data connections meet)."""
+the two nginx servers) and iperf (one server, so iperf3's control and data connections meet);
+the proxies also terminate TLS in front of web on two more, one with an ECDSA P-256 and one with
+an RSA-2048 certificate (tls.py)."""
 
 from .common import (BALANCER_CPUS, HAPROXY, HOST, NGINX, SHUNT_BIN, STREAM_MODULE, BenchError,
                      RunError)
 from .net import accepts, free_port, wait_until
 from .procfs import is_listening
 from .procs import Child, process_tree, run_cmd
+from .tls import bench_certs
 
 
 class Instance:
-    def __init__(self, name, web_port, iperf_port, child=None, conf=None):
+    def __init__(self, name, web_port, iperf_port, child=None, conf=None, tls_ports=None):
         self.name = name
         self.web_port = web_port
         self.iperf_port = iperf_port
         self.child = child
         self.conf = conf
+        # {"ecdsa": port, "rsa": port}: web behind TLS termination (none for direct).
+        self.tls_ports = tls_ports or {}
 
     def pids(self):
         """The balancer's processes (master + workers for nginx); none for direct."""
@@ -55,11 +60,14 @@ class Candidate:
         raise NotImplementedError
 
     def write_config(self, backends, tmp, workers=1):
-        """A fresh directory under tmp with the config in it: (dir, web port, iperf port, conf)."""
+        """A fresh directory under tmp with the config in it: (dir, web port, iperf port, conf).
+        The TLS listeners' ports are in self.tls_ports, their certificates in self.certs."""
         Candidate._launches += 1
         d = tmp / f"{self.name}-{Candidate._launches}"
         d.mkdir()
         web_port, iperf_port = free_port(), free_port()
+        self.tls_ports = {"ecdsa": free_port(), "rsa": free_port()}
+        self.certs = bench_certs(tmp)
         conf = d / self.conf_name
         conf.write_text(self.config(d, web_port, iperf_port, backends, workers))
         return d, web_port, iperf_port, conf
@@ -77,7 +85,7 @@ class Candidate:
         d, web_port, iperf_port, conf = self.write_config(backends, tmp, workers)
         self.check_config(conf, d)
         child = Child(self.name, ["taskset", "-c", cpus] + self.run_argv(conf, d), d / "stderr.log")
-        inst = Instance(self.name, web_port, iperf_port, child, conf)
+        inst = Instance(self.name, web_port, iperf_port, child, conf, dict(self.tls_ports))
         ready = wait_until(
             lambda: not child.alive() or (accepts(web_port) and is_listening(iperf_port)), 10, step=0.1
         )
@@ -125,7 +133,16 @@ service iperf
   server       iperf {HOST}:{backends.iperf_port}
   timeout      connect 5s
   timeout      idle 10m
-"""
+""" + "".join(f"""
+service tls-{kind}
+  bind         {HOST}:{port}
+  tls          cert {self.certs[kind].cert} key {self.certs[kind].key}
+  balance      roundrobin
+  server       web-a {HOST}:{a}
+  server       web-b {HOST}:{b}
+  timeout      connect 5s
+  timeout      idle 10m
+""" for kind, port in self.tls_ports.items())
 
     def check_argv(self, conf, d):
         return [str(SHUNT_BIN), "--check", "-c", str(conf)]
@@ -183,7 +200,11 @@ frontend iperf
 
 backend iperf
     server iperf {HOST}:{backends.iperf_port}
-"""
+""" + "".join(f"""
+frontend tls-{kind}
+    bind {HOST}:{port} ssl crt {self.certs[kind].combined}
+    default_backend web
+""" for kind, port in self.tls_ports.items())
 
     def check_argv(self, conf, d):
         return [HAPROXY, "-c", "-q", "-f", str(conf)]
@@ -227,7 +248,15 @@ stream {{
         listen {HOST}:{iperf_port} backlog=4096{reuse};
         proxy_pass iperf;
     }}
-}}
+""" + "".join(f"""    server {{
+        listen {HOST}:{port} ssl backlog=4096{reuse};
+        ssl_certificate {self.certs[kind].cert};
+        ssl_certificate_key {self.certs[kind].key};
+        ssl_session_cache shared:tls{kind}:10m;
+        ssl_protocols TLSv1.2 TLSv1.3;  # 1.22 offers no TLS 1.3 by default (1.23.4 does)
+        proxy_pass web;
+    }}
+""" for kind, port in self.tls_ports.items()) + """}
 """
 
     def check_argv(self, conf, d):

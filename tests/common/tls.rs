@@ -49,6 +49,11 @@ pub fn tls_connect(addr: SocketAddr, sni: &str, config: &Arc<ClientConfig>) -> i
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
+    tls_over(tcp, sni, config)
+}
+
+/// Completes a handshake for server name `sni` over a connected `tcp` (its timeouts stay).
+pub fn tls_over(tcp: TcpStream, sni: &str, config: &Arc<ClientConfig>) -> io::Result<TlsStream> {
     let name = ServerName::try_from(sni.to_string()).expect("server name");
     let conn = ClientConnection::new(config.clone(), name).expect("client connection");
     let mut s = StreamOwned::new(conn, tcp);
