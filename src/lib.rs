@@ -6,6 +6,7 @@
 //! counters, the parsers the fuzzers feed); the data path stays private to the crate, so the
 //! compiler finds what nothing uses.
 
+pub mod acl;
 pub mod admin;
 mod balance;
 pub mod bind;

@@ -169,6 +169,8 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
         }
     };
     cmp("route sni", routes(o), routes(s));
+    let acl = |s: &Service| none_if_empty(crate::config::acl_lines(&s.acl, "").trim().replace('\n', "; "));
+    cmp("allow/deny", acl(o), acl(s));
     cmp("timeout queue", dur(o.queue_timeout), dur(s.queue_timeout));
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));
@@ -243,6 +245,14 @@ fn listeners(plan: &mut Plan, old: &Config, new: &Config) {
     }
 }
 
+fn none_if_empty(s: String) -> String {
+    if s.is_empty() {
+        "none".to_string()
+    } else {
+        s
+    }
+}
+
 fn globals(old: &Config, new: &Config) -> Vec<Change> {
     let mut out = Vec::new();
     let mut cmp = |name: &str, a: String, b: String| {
@@ -268,6 +278,8 @@ fn globals(old: &Config, new: &Config) -> Vec<Change> {
     cmp("admin_token", token(&old.admin_token), token(&new.admin_token));
     cmp("drain_timeout", dur(old.drain_timeout), dur(new.drain_timeout));
     cmp("log", old.log_level.to_string(), new.log_level.to_string());
+    let acl = |c: &Config| none_if_empty(crate::config::acl_lines(&c.acl, "").trim().replace('\n', "; "));
+    cmp("allow/deny", acl(old), acl(new));
     out
 }
 

@@ -10,8 +10,9 @@ mod parse_tls;
 mod render;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
-pub use render::{check as check_text, duration as duration_text, render, server_tls_text, tls_lines};
+pub use render::{acl_lines, check as check_text, duration as duration_text, render, server_tls_text, tls_lines};
 
+use crate::acl::Acl;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Services in file order. Names are unique.
     pub services: Vec<Service>,
+    /// Global `allow`/`deny` lines: checked before each service's own.
+    pub acl: Acl,
 }
 
 /// One service: its listeners, its server pool, its policies.
@@ -74,6 +77,8 @@ pub struct Service {
     pub tls: Option<Tls>,
     /// `route sni PATTERN SERVICE` lines, in file order (the first match wins).
     pub routes: Vec<Route>,
+    /// The service's `allow`/`deny` lines.
+    pub acl: Acl,
 }
 
 /// `route sni PATTERN SERVICE`: clients asking for a matching server name go to another

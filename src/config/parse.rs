@@ -7,6 +7,7 @@
 //! how to fix it. Server host names are resolved here, once per load, so nothing downstream ever
 //! sees a name or a string.
 
+use crate::acl::{Acl, Cidr, Rule};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
@@ -24,10 +25,12 @@ use super::{
 };
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
+/// Directives that are global before the first service and the service's own inside one.
+const BOTH: &[&str] = &["max_conns", "allow", "deny"];
 const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] = &["allow", "deny", "max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
+const RESERVED: &[&str] = &["max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -83,7 +86,9 @@ fn parse_with(bytes: &[u8], file: &Path, resolve: Resolver) -> Result<Config, Ve
             drain_timeout: Duration::from_secs(30),
             log_level: log::LevelFilter::Info,
             services: Vec::new(),
+            acl: Acl::default(),
         },
+        acl: Vec::new(),
         seen: Vec::new(),
         blocks: Vec::new(),
         errors: Vec::new(),
@@ -102,6 +107,8 @@ pub(super) type Seen = Vec<(String, usize)>;
 struct Parser {
     /// Globals filled in place; `services` stays empty until `finish`.
     cfg: Config,
+    /// Global `allow`/`deny` rules, compiled at `finish`.
+    acl: Vec<Rule>,
     seen: Seen,
     blocks: Vec<Block>,
     errors: Vec<(usize, String)>,
@@ -111,6 +118,8 @@ struct Parser {
 /// A service being read.
 struct Block {
     svc: Service,
+    /// The service's `allow`/`deny` rules, compiled at `finish`.
+    acl: Vec<Rule>,
     seen: Seen,
     /// False when the `service` line itself was wrong: whole-file checks then skip the block, since
     /// they would only echo that error.
@@ -141,7 +150,9 @@ impl Block {
                 splice: Splice::Auto,
                 tls: None,
                 routes: Vec::new(),
+                acl: Acl::default(),
             },
+            acl: Vec::new(),
             seen: Vec::new(),
             named: false,
             any_bind: false,
@@ -220,7 +231,10 @@ impl Parser {
     }
 
     fn global(&mut self, kw: &str, a: &[Token], n: usize) -> Res<()> {
-        if !GLOBAL_ONLY.contains(&kw) && kw != "max_conns" {
+        if kw == "allow" || kw == "deny" {
+            return acl_line(&mut self.acl, kw, a, n).map_err(|e| format!("{kw}: {e}"));
+        }
+        if !GLOBAL_ONLY.contains(&kw) && !BOTH.contains(&kw) {
             return Err(unknown(kw, None));
         }
         let result = once(&mut self.seen, kw, n).and_then(|()| set_global(&mut self.cfg, kw, a));
@@ -284,7 +298,8 @@ impl Parser {
             let errors = self.errors.into_iter();
             return Err(errors.map(|(line, message)| ConfigError { file: file.clone(), line, message }).collect());
         }
-        self.cfg.services = self.blocks.into_iter().map(|b| b.svc).collect();
+        self.cfg.acl = Acl::new(self.acl);
+        self.cfg.services = self.blocks.into_iter().map(|b| Service { acl: Acl::new(b.acl), ..b.svc }).collect();
         Ok(self.cfg)
     }
 
@@ -393,6 +408,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
         "timeout" => timeout(b, a, n),
         "tls" => super::parse_tls::tls_line(&mut b.svc.tls, &mut b.seen, a, n).inspect_err(|_| b.tls_broken = true),
         "route" => super::parse_tls::route_line(&mut b.svc.routes, a, n).inspect_err(|_| b.any_route = true),
+        "allow" | "deny" => acl_line(&mut b.acl, kw, a, n),
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
             Ok(())
@@ -428,6 +444,18 @@ fn set_policy(svc: &mut Service, kw: &str, a: &[Token]) -> Res<()> {
             }
         }
         _ => return Err(unknown(kw, Some(&svc.name))),
+    }
+    Ok(())
+}
+
+/// One `allow` or `deny` line: one or more prefixes, each a rule in line order.
+fn acl_line(rules: &mut Vec<Rule>, kw: &str, a: &[Token], n: usize) -> Res<()> {
+    if a.is_empty() {
+        return Err(arity(&format!("{kw} CIDR..., e.g. {kw} 10.0.0.0/8 2001:db8::/32")));
+    }
+    for t in a {
+        let net = Cidr::parse(text(t)?)?;
+        rules.push(Rule { allow: kw == "allow", net, line: n });
     }
     Ok(())
 }
@@ -670,7 +698,7 @@ fn unknown(kw: &str, service: Option<&str>) -> String {
     if let Some(s) = service {
         e.push_str(&format!(" in service {}", show(s)));
     }
-    let known = GLOBAL_ONLY.iter().chain(SERVICE_ONLY).chain(&["max_conns", "service"]);
+    let known = GLOBAL_ONLY.iter().chain(SERVICE_ONLY).chain(BOTH).chain(&["service"]);
     if let Some(s) = closest(kw, known.copied()) {
         e.push_str(&format!(" (did you mean \"{s}\"?)"));
     }

@@ -147,6 +147,7 @@ service s
         drain_timeout: Duration::from_secs(30),
         log_level: log::LevelFilter::Info,
         services: vec![web, cache, api, s],
+        acl: crate::acl::Acl::default(),
     };
     assert_eq!(parse(src), Ok(want));
 }
@@ -164,6 +165,7 @@ fn globals_other_than_the_defaults() {
         drain_timeout: Duration::ZERO,
         log_level: log::LevelFilter::Trace,
         services: Vec::new(),
+        acl: crate::acl::Acl::default(),
     };
     let mut got = parse(&format!("{src}{OK}")).unwrap();
     got.services.clear();
@@ -186,6 +188,7 @@ fn defaults() {
         splice: Splice::Auto,
         tls: None,
         routes: Vec::new(),
+        acl: crate::acl::Acl::default(),
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -196,6 +199,7 @@ fn defaults() {
         drain_timeout: Duration::from_secs(30),
         log_level: log::LevelFilter::Info,
         services: vec![web],
+        acl: crate::acl::Acl::default(),
     };
     assert_eq!(parse(OK), Ok(want));
 }
@@ -236,6 +240,23 @@ fn server_tls_options_and_the_name_to_verify() {
     let again = parse(&crate::config::render(&c)).unwrap();
     let tls_again: Vec<Option<ServerTls>> = again.services[0].servers.iter().map(|s| s.tls.clone()).collect();
     assert_eq!(tls_again, tls);
+}
+
+#[test]
+fn allow_and_deny_lines_global_and_per_service_keep_their_order() {
+    let c =
+        parse("deny 192.0.2.0/24\nservice web\nbind *:0\nallow 10.0.0.0/8 ::1\ndeny 0.0.0.0/0\nserver a 127.0.0.1:1\n")
+            .unwrap();
+    let rules =
+        |acl: &crate::acl::Acl| acl.rules().iter().map(|r| (r.allow, r.net.to_string(), r.line)).collect::<Vec<_>>();
+    assert_eq!(rules(&c.acl), [(false, "192.0.2.0/24".to_string(), 1)]);
+    assert_eq!(
+        rules(&c.services[0].acl),
+        [(true, "10.0.0.0/8".into(), 4), (true, "::1/128".into(), 4), (false, "0.0.0.0/0".into(), 5)]
+    );
+    let again = parse(&crate::config::render(&c)).unwrap();
+    assert_eq!(rules(&again.services[0].acl).len(), 3);
+    assert_eq!(again.acl.rules()[0].net, c.acl.rules()[0].net);
 }
 
 #[test]
@@ -386,6 +407,9 @@ error_cases! {
     server_ca_and_verify_none: ok!(+ "server b 127.0.0.1:2 tls ca a.pem verify none\n") => 4, "not both";
     server_verify_value: ok!(+ "server b 127.0.0.1:2 tls verify some\n") => 4, r#"unknown verify value "some""#;
     server_sni_not_a_name: ok!(+ "server b 127.0.0.1:2 tls sni a..b\n") => 4, r#"sni "a..b" is not a host name"#;
+    acl_host_bits: ok!(+ "allow 10.0.0.1/8\n") => 4, "allow: 10.0.0.1/8 has host bits set: did you mean 10.0.0.0/8?";
+    acl_no_prefix: ok!(+ "deny\n") => 4, "deny: wrong number of arguments, expected: deny CIDR...";
+    acl_global_garbage: ok!("allow 10.0.0.0/8 nonsense\n" +) => 1, r#"allow: "nonsense" is not an address"#;
     route_arity: ok!(+ "route sni a.test\n") => 4, "expected: route sni PATTERN SERVICE";
     tls_without_cert: ok!(+ "tls alpn h2\n") => 4, "tls: no certificate: add \"tls cert FILE key FILE\"";
     tls_cert_without_key: ok!(+ "tls cert a.pem\n") => 4, "expected: tls cert FILE key FILE";
@@ -393,8 +417,6 @@ error_cases! {
     tls_unknown_kind: ok!(+ "tls certs a key b\n") => 4, r#"unknown kind "certs""#;
     tls_alpn_twice: ok!(+ "tls cert a key b\ntls alpn h2\ntls alpn h2\n") => 6, "duplicate \"tls alpn\"";
     handshake_timeout_zero: ok!(+ "timeout handshake 0s\n") => 4, "handshake duration 0s must be greater than zero";
-    reserved_allow: ok!(+ "allow 10.0.0.0/8\n") => 4, r#""allow" is not supported yet"#;
-    reserved_deny: ok!("deny 0.0.0.0/0\n" +) => 1, r#""deny" is not supported yet"#;
     reserved_max_conns_per_ip: ok!(+ "max_conns_per_ip 5\n")
         => 4, r#""max_conns_per_ip" is not supported yet"#;
     reserved_rate_per_ip: ok!(+ "rate_per_ip 50/s\n")

@@ -21,6 +21,7 @@ pub fn render(c: &Config) -> String {
     }
     let _ = writeln!(o, "drain_timeout {}", duration(c.drain_timeout));
     let _ = writeln!(o, "log {}", c.log_level.as_str().to_ascii_lowercase());
+    o.push_str(&acl_lines(&c.acl, ""));
     for s in &c.services {
         let _ = writeln!(o, "\nservice {}", s.name);
         for b in &s.binds {
@@ -66,6 +67,16 @@ pub fn render(c: &Config) -> String {
         for r in &s.routes {
             let _ = writeln!(o, "  route sni {} {}", r.pattern, r.service);
         }
+        o.push_str(&acl_lines(&s.acl, "  "));
+    }
+    o
+}
+
+/// `allow`/`deny` lines, one rule each, in their order.
+pub fn acl_lines(acl: &crate::acl::Acl, indent: &str) -> String {
+    let mut o = String::new();
+    for r in acl.rules() {
+        let _ = writeln!(o, "{indent}{} {}", if r.allow { "allow" } else { "deny" }, r.net);
     }
     o
 }

@@ -2,6 +2,7 @@
 //! the `timeout queue` refusal at a cap that stays full, and the start of a session.
 
 use super::{Fault, Worker, ACCEPT_BACKOFF, ACCEPT_BATCH};
+use crate::acl;
 use crate::logs;
 use crate::net;
 use crate::session::{Phase, Session, Settings};
@@ -55,6 +56,10 @@ impl Worker {
                 }
                 match accepted {
                     Ok((stream, addr)) if !admitted => self.refuse_at_cap(pool, stream, addr),
+                    Ok((stream, addr)) if !self.acl_allows(pool, addr) => {
+                        self.stats.release_admission(&rt);
+                        net::set_linger_zero(&stream);
+                    }
                     Ok((stream, addr)) => {
                         self.start_session(pool, stream, addr, now);
                         // Out of descriptors for its server connect: the rest of the batch
@@ -91,6 +96,26 @@ impl Worker {
                 svc.name, svc.queue_timeout
             ),
         );
+    }
+
+    /// The global `allow`/`deny` rules, then the service's: both must let `addr` in. A refusal
+    /// is counted, logged (rate-limited), and the connection reset before anything else is
+    /// spent on it.
+    fn acl_allows(&mut self, pool: usize, addr: SocketAddr) -> bool {
+        let config = &self.generation.config;
+        let svc = &config.services[pool];
+        let ip = net::canonical_addr(addr).ip();
+        let verdict = match config.acl.check(ip) {
+            acl::Verdict::Allowed => svc.acl.check(ip),
+            denied => denied,
+        };
+        let acl::Verdict::Denied(rule) = verdict else {
+            return true;
+        };
+        self.pools[pool].rt.counters[self.index].0.refused_acl.add(1);
+        let why = rule.map_or("no allow rule matches".to_string(), |r| format!("deny {} on line {}", r.net, r.line));
+        logs::limited_warn("acl", format_args!("{}: refused {ip} ({why})", svc.name));
+        false
     }
 
     /// A client accepted under a connection slot `try_admit` took (the session gives it back

@@ -48,3 +48,16 @@ pub fn abort(s: TcpStream) {
     let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
     drop(s);
 }
+
+/// Connects from source address `from` (any port): the whole of 127.0.0.0/8 is local, so tests
+/// can play many clients. The connect itself may fail (a refusal); reads and writes get
+/// [`IO_TIMEOUT`].
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(from, 0).into())?;
+    s.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}

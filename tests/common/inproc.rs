@@ -42,6 +42,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         splice: Splice::Auto,
         tls: None,
         routes: Vec::new(),
+        acl: shunt::acl::Acl::default(),
     }
 }
 
@@ -56,6 +57,7 @@ pub fn config(services: Vec<Service>) -> Config {
         drain_timeout: Duration::from_secs(5),
         log_level: log::LevelFilter::Info,
         services,
+        acl: shunt::acl::Acl::default(),
     }
 }
 
