@@ -8,7 +8,7 @@ use common::inproc::*;
 use common::*;
 use shunt::config::{Check, CheckKind};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -421,8 +421,14 @@ fn backup_serves_a_connection_whose_every_regular_server_just_failed() {
 
 /// TCP sockets of this namespace in TIME_WAIT towards `port` (the balancer runs in this process,
 /// and TIME_WAIT sockets belong to no process any more: the namespace's table is the place).
-fn time_wait_towards(port: u16) -> usize {
-    net_sockets("/proc/net").iter().filter(|s| s.state == TcpState::TimeWait && s.remote.port() == port).count()
+/// TIME_WAIT sockets towards `server`, as (local, remote) pairs.
+fn time_wait_towards(server: SocketAddr) -> Vec<(SocketAddr, SocketAddr)> {
+    let sockets = net_sockets("/proc/net");
+    sockets
+        .iter()
+        .filter(|s| s.state == TcpState::TimeWait && s.remote == server)
+        .map(|s| (s.local, s.remote))
+        .collect()
 }
 
 #[test]
@@ -438,6 +444,9 @@ fn health_probes_leave_no_time_wait_on_the_balancer() {
             });
         }
     });
+    // Sockets of other tests, from before this port was ours, may linger towards it: only new
+    // ones count.
+    let before = time_wait_towards(server);
     let mut svc = service(vec![("s", server, 1)]);
     svc.check = Check {
         kind: CheckKind::Tcp,
@@ -451,7 +460,7 @@ fn health_probes_leave_no_time_wait_on_the_balancer() {
     let checks = || r.stats.current().servers[0][0].checks.load(Ordering::Relaxed);
     wait_for(T, "20 probes", || checks() >= 20);
     assert!(r.stats.current().servers[0][0].up.load(Ordering::Relaxed), "the server passed its probes");
-    let lingering = time_wait_towards(server.port());
+    let lingering = time_wait_towards(server).iter().filter(|s| !before.contains(s)).count();
     assert_eq!(lingering, 0, "{lingering} probe connection(s) left in TIME_WAIT after {} probes", checks());
     stop(r);
 }
