@@ -12,6 +12,7 @@ mod balance;
 pub mod bind;
 pub mod config;
 pub mod health;
+pub mod limits;
 mod logs;
 pub mod logsink;
 pub mod metrics;

@@ -171,6 +171,9 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
     cmp("route sni", routes(o), routes(s));
     let acl = |s: &Service| none_if_empty(crate::config::acl_lines(&s.acl, "").trim().replace('\n', "; "));
     cmp("allow/deny", acl(o), acl(s));
+    let per =
+        |s: &Service| none_if_empty(crate::config::per_source_lines(&s.per_source, "").trim().replace('\n', "; "));
+    cmp("per-source limits", per(o), per(s));
     cmp("timeout queue", dur(o.queue_timeout), dur(s.queue_timeout));
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));
@@ -280,6 +283,8 @@ fn globals(old: &Config, new: &Config) -> Vec<Change> {
     cmp("log", old.log_level.to_string(), new.log_level.to_string());
     let acl = |c: &Config| none_if_empty(crate::config::acl_lines(&c.acl, "").trim().replace('\n', "; "));
     cmp("allow/deny", acl(old), acl(new));
+    let per = |c: &Config| none_if_empty(crate::config::per_source_lines(&c.per_source, "").trim().replace('\n', "; "));
+    cmp("per-source limits", per(old), per(new));
     out
 }
 

@@ -9,6 +9,7 @@
 //! gets the reset) → closed.
 
 use crate::config::{Service, Splice, Timeouts};
+use crate::limits::PerSource;
 use crate::logs::Cause;
 use crate::relay::{End, Flow, FlowError, FlowState, Pools, Ready};
 use crate::shared::{ServerId, ServerRuntime, ServiceRuntime};
@@ -58,6 +59,15 @@ pub enum Phase {
     Aborting { failed: Side },
 }
 
+/// A session's place in the per-source tables: its source's key, and the limits it was
+/// admitted under in the global table and in its service's (`None`: not tracked there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceHold {
+    pub key: u128,
+    pub global: Option<PerSource>,
+    pub service: Option<PerSource>,
+}
+
 /// What the worker must do after feeding the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -86,6 +96,8 @@ pub struct Session {
     pub route: Option<Arc<ServiceRuntime>>,
     /// The server name of a ClientHello peeked for SNI passthrough (for the log).
     pub peeked_sni: Option<String>,
+    /// The per-source tables this session holds a connection in (released when it closes).
+    pub source: Option<SourceHold>,
     /// Canonical (IPv4-mapped addresses unmapped).
     pub client_addr: SocketAddr,
     pub backend: Option<TcpStream>,
@@ -137,6 +149,7 @@ impl Session {
             server_tls: None,
             route: None,
             peeked_sni: None,
+            source: None,
             client_addr,
             backend: None,
             server: None,

@@ -153,13 +153,20 @@ pub struct ServiceRuntime {
     pub name: String,
     /// Proxied connections of this service now, over all workers (its `max_conns`).
     pub active: AtomicU64,
+    /// Its clients, by source, for `max_conns_per_ip` and `rate_per_ip`.
+    pub sources: crate::limits::SourceTable,
     /// `counters[w]` is written by worker `w` only; readers sum them.
     pub counters: Box<[PerWorker<ServiceCounters>]>,
 }
 
 impl ServiceRuntime {
     pub(crate) fn new(name: &str, workers: usize) -> ServiceRuntime {
-        ServiceRuntime { name: name.to_string(), active: AtomicU64::new(0), counters: per_worker(workers) }
+        ServiceRuntime {
+            name: name.to_string(),
+            active: AtomicU64::new(0),
+            sources: crate::limits::SourceTable::default(),
+            counters: per_worker(workers),
+        }
     }
 }
 
@@ -283,6 +290,8 @@ pub struct Stats {
     pub descriptor_cap: usize,
     /// One set of worker gauges per worker.
     pub workers: Vec<Arc<WorkerCounters>>,
+    /// Every client, by source, for the global `max_conns_per_ip` and `rate_per_ip`.
+    pub sources: crate::limits::SourceTable,
     /// The generation in force. Read (an `Arc` clone under a read lock) by the admin thread and
     /// at reloads; the workers hold their own copy, handed to them over their channels.
     current: RwLock<Arc<Generation>>,
@@ -296,6 +305,7 @@ impl Stats {
             max_conns: AtomicUsize::new(config.max_conns),
             descriptor_cap: usize::MAX,
             workers: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            sources: crate::limits::SourceTable::default(),
             current: RwLock::new(Arc::new(Generation::build(config, None, workers))),
         }
     }

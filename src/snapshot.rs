@@ -68,6 +68,10 @@ pub struct ServiceSnapshot {
     pub active: u64,
     pub accepted: u64,
     pub refused_acl: u64,
+    pub refused_per_ip: u64,
+    /// Its per-source table: sources with live connections, those connections, and newcomers
+    /// let in untracked because the table was full of live sources.
+    pub per_ip: PerIpSnapshot,
     pub refused_limit: u64,
     pub refused_no_server: u64,
     /// Times accepting paused at a connection cap.
@@ -76,6 +80,24 @@ pub struct ServiceSnapshot {
     pub servers: Vec<ServerSnapshot>,
     /// For a TLS service: its handshakes and sessions.
     pub tls: Option<TlsSnapshot>,
+}
+
+/// A per-source table's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerIpSnapshot {
+    pub live_sources: u64,
+    pub live_conns: u64,
+    pub untracked: u64,
+}
+
+impl PerIpSnapshot {
+    pub fn of(t: &crate::limits::SourceTable) -> PerIpSnapshot {
+        PerIpSnapshot {
+            live_sources: t.live_sources.load(Relaxed),
+            live_conns: t.live_conns.load(Relaxed),
+            untracked: t.table_full.load(Relaxed),
+        }
+    }
 }
 
 /// A TLS service's handshake and session counts, summed over workers.
@@ -109,6 +131,8 @@ pub struct Snapshot {
     pub workers: usize,
     pub per_worker: Vec<WorkerLoad>,
     pub services: Vec<ServiceSnapshot>,
+    /// The global per-source table.
+    pub per_ip: PerIpSnapshot,
 }
 
 /// Builds a snapshot of the generation in force.
@@ -128,6 +152,8 @@ pub fn take(stats: &Stats) -> Snapshot {
                 active: rt.active.load(Relaxed),
                 accepted: 0,
                 refused_acl: 0,
+                refused_per_ip: 0,
+                per_ip: PerIpSnapshot::of(&rt.sources),
                 refused_limit: 0,
                 refused_no_server: 0,
                 limit_pauses: 0,
@@ -141,6 +167,7 @@ pub fn take(stats: &Stats) -> Snapshot {
             for PerWorker(c) in rt.counters.iter() {
                 s.accepted += c.accepted.get();
                 s.refused_acl += c.refused_acl.get();
+                s.refused_per_ip += c.refused_per_ip.get();
                 s.refused_limit += c.refused_limit.get();
                 s.refused_no_server += c.refused_no_server.get();
                 s.limit_pauses += c.limit_pauses.get();
@@ -172,6 +199,7 @@ pub fn take(stats: &Stats) -> Snapshot {
             .map(|w| WorkerLoad { sessions: w.sessions.get(), timers: w.timers.get(), pipes: w.pipes.get() })
             .collect(),
         services,
+        per_ip: PerIpSnapshot::of(&stats.sources),
     }
 }
 

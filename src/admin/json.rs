@@ -51,16 +51,19 @@ pub fn status(snap: &Snapshot) -> String {
         let _ = write!(
             o,
             "{{\"name\":{},\"listeners\":[{}],\"balance\":{},\"active_connections\":{},\"accepted\":{},\
-             \"refused\":{{\"acl\":{},\"limit\":{},\"no_server\":{}}},\"limit_pauses\":{},\"servers\":[",
+             \"refused\":{{\"acl\":{},\"per_ip\":{},\"limit\":{},\"no_server\":{}}},\"limit_pauses\":{},             \"per_ip\":{{\"live_sources\":{},\"live_connections\":{}}},\"servers\":[",
             string(&s.name),
             listeners.join(","),
             string(s.balance),
             s.active,
             s.accepted,
             s.refused_acl,
+            s.refused_per_ip,
             s.refused_limit,
             s.refused_no_server,
-            s.limit_pauses
+            s.limit_pauses,
+            s.per_ip.live_sources,
+            s.per_ip.live_conns
         );
         for (j, v) in s.servers.iter().enumerate() {
             if j > 0 {

@@ -162,10 +162,30 @@ pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> S
             o.sample(name, &svc_labels(&s.name), value(s));
         }
     }
-    o.family(SERVICE_REFUSED, "counter", "Client connections refused, by reason (acl, limit, no_server).");
+    o.family(SERVICE_REFUSED, "counter", "Client connections refused, by reason (acl, per_ip, limit, no_server).");
     for s in &snap.services {
-        for (reason, n) in [("acl", s.refused_acl), ("limit", s.refused_limit), ("no_server", s.refused_no_server)] {
+        let reasons = [
+            ("acl", s.refused_acl),
+            ("per_ip", s.refused_per_ip),
+            ("limit", s.refused_limit),
+            ("no_server", s.refused_no_server),
+        ];
+        for (reason, n) in reasons {
             o.sample(SERVICE_REFUSED, &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
+        }
+    }
+    let scopes =
+        || std::iter::once(("global", &snap.per_ip)).chain(snap.services.iter().map(|s| (s.name.as_str(), &s.per_ip)));
+    type PerIpValue = fn(&crate::snapshot::PerIpSnapshot) -> u64;
+    let per_ip: [(&str, &str, &str, PerIpValue); 3] = [
+        (PER_IP_SOURCES, "gauge", "Client sources (IPv4 addresses, IPv6 /64s) with live connections, per scope of max_conns_per_ip/rate_per_ip.", |p| p.live_sources),
+        (PER_IP_CONNS, "gauge", "Live connections counted by source, per scope.", |p| p.live_conns),
+        (PER_IP_UNTRACKED, "counter", "New sources let in untracked because the per-source table was full of live sources.", |p| p.untracked),
+    ];
+    for (name, kind, help, value) in per_ip {
+        o.family(name, kind, help);
+        for (scope, p) in scopes() {
+            o.sample(name, &format!("scope=\"{}\"", label(scope)), value(p));
         }
     }
     o.family(SERVICE_SESSION_DURATION, "histogram", "Duration of finished sessions.");

@@ -10,9 +10,12 @@ mod parse_tls;
 mod render;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
-pub use render::{acl_lines, check as check_text, duration as duration_text, render, server_tls_text, tls_lines};
+pub use render::{
+    acl_lines, check as check_text, duration as duration_text, per_source_lines, render, server_tls_text, tls_lines,
+};
 
 use crate::acl::Acl;
+use crate::limits::PerSource;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +49,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Global `allow`/`deny` lines: checked before each service's own.
     pub acl: Acl,
+    /// Global `max_conns_per_ip` / `rate_per_ip`: one table over every service.
+    pub per_source: PerSource,
 }
 
 /// One service: its listeners, its server pool, its policies.
@@ -79,6 +84,8 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// The service's `allow`/`deny` lines.
     pub acl: Acl,
+    /// The service's `max_conns_per_ip` / `rate_per_ip`.
+    pub per_source: PerSource,
 }
 
 /// `route sni PATTERN SERVICE`: clients asking for a matching server name go to another

@@ -8,6 +8,7 @@
 //! sees a name or a string.
 
 use crate::acl::{Acl, Cidr, Rule};
+use crate::limits::{PerSource, Rate};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
@@ -26,11 +27,11 @@ use super::{
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
 /// Directives that are global before the first service and the service's own inside one.
-const BOTH: &[&str] = &["max_conns", "allow", "deny"];
+const BOTH: &[&str] = &["max_conns", "allow", "deny", "max_conns_per_ip", "rate_per_ip"];
 const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] = &["max_conns_per_ip", "rate_per_ip", "proxy_protocol", "accept_proxy"];
+const RESERVED: &[&str] = &["proxy_protocol", "accept_proxy"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -87,6 +88,7 @@ fn parse_with(bytes: &[u8], file: &Path, resolve: Resolver) -> Result<Config, Ve
             log_level: log::LevelFilter::Info,
             services: Vec::new(),
             acl: Acl::default(),
+            per_source: PerSource::default(),
         },
         acl: Vec::new(),
         seen: Vec::new(),
@@ -151,6 +153,7 @@ impl Block {
                 tls: None,
                 routes: Vec::new(),
                 acl: Acl::default(),
+                per_source: PerSource::default(),
             },
             acl: Vec::new(),
             seen: Vec::new(),
@@ -233,6 +236,10 @@ impl Parser {
     fn global(&mut self, kw: &str, a: &[Token], n: usize) -> Res<()> {
         if kw == "allow" || kw == "deny" {
             return acl_line(&mut self.acl, kw, a, n).map_err(|e| format!("{kw}: {e}"));
+        }
+        if kw == "max_conns_per_ip" || kw == "rate_per_ip" {
+            let result = once(&mut self.seen, kw, n).and_then(|()| per_source(&mut self.cfg.per_source, kw, a));
+            return result.map_err(|e| format!("{kw}: {e}"));
         }
         if !GLOBAL_ONLY.contains(&kw) && !BOTH.contains(&kw) {
             return Err(unknown(kw, None));
@@ -409,6 +416,9 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
         "tls" => super::parse_tls::tls_line(&mut b.svc.tls, &mut b.seen, a, n).inspect_err(|_| b.tls_broken = true),
         "route" => super::parse_tls::route_line(&mut b.svc.routes, a, n).inspect_err(|_| b.any_route = true),
         "allow" | "deny" => acl_line(&mut b.acl, kw, a, n),
+        "max_conns_per_ip" | "rate_per_ip" => {
+            once(&mut b.seen, kw, n).and_then(|()| per_source(&mut b.svc.per_source, kw, a))
+        }
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
             Ok(())
@@ -445,6 +455,23 @@ fn set_policy(svc: &mut Service, kw: &str, a: &[Token]) -> Res<()> {
         }
         _ => return Err(unknown(kw, Some(&svc.name))),
     }
+    Ok(())
+}
+
+/// `max_conns_per_ip N` or `rate_per_ip N/s` (`N/m`: per minute).
+fn per_source(limits: &mut PerSource, kw: &str, a: &[Token]) -> Res<()> {
+    if kw == "max_conns_per_ip" {
+        limits.max_conns = Some(number("", one(a, "max_conns_per_ip N")?, 1, MAX_COUNT)? as u32);
+        return Ok(());
+    }
+    let v = one(a, "rate_per_ip N/s, e.g. rate_per_ip 50/s")?;
+    let (count, per) = match v.rsplit_once('/') {
+        Some((count, "s")) => (count, Duration::from_secs(1)),
+        Some((count, "m")) => (count, Duration::from_secs(60)),
+        _ => return Err(format!("{} is not a rate: give N/s or N/m, e.g. 50/s", show(v))),
+    };
+    let count = number("", count, 1, MAX_COUNT)? as u32;
+    limits.rate = Some(Rate { count, per });
     Ok(())
 }
 

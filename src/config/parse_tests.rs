@@ -148,6 +148,7 @@ service s
         log_level: log::LevelFilter::Info,
         services: vec![web, cache, api, s],
         acl: crate::acl::Acl::default(),
+        per_source: crate::limits::PerSource::default(),
     };
     assert_eq!(parse(src), Ok(want));
 }
@@ -166,6 +167,7 @@ fn globals_other_than_the_defaults() {
         log_level: log::LevelFilter::Trace,
         services: Vec::new(),
         acl: crate::acl::Acl::default(),
+        per_source: crate::limits::PerSource::default(),
     };
     let mut got = parse(&format!("{src}{OK}")).unwrap();
     got.services.clear();
@@ -189,6 +191,7 @@ fn defaults() {
         tls: None,
         routes: Vec::new(),
         acl: crate::acl::Acl::default(),
+        per_source: crate::limits::PerSource::default(),
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -200,6 +203,7 @@ fn defaults() {
         log_level: log::LevelFilter::Info,
         services: vec![web],
         acl: crate::acl::Acl::default(),
+        per_source: crate::limits::PerSource::default(),
     };
     assert_eq!(parse(OK), Ok(want));
 }
@@ -257,6 +261,20 @@ fn allow_and_deny_lines_global_and_per_service_keep_their_order() {
     let again = parse(&crate::config::render(&c)).unwrap();
     assert_eq!(rules(&again.services[0].acl).len(), 3);
     assert_eq!(again.acl.rules()[0].net, c.acl.rules()[0].net);
+}
+
+#[test]
+fn per_source_limits_global_and_per_service() {
+    let c =
+        parse("max_conns_per_ip 20\nrate_per_ip 50/s\nservice web\nbind *:0\nrate_per_ip 3/m\nserver a 127.0.0.1:1\n")
+            .unwrap();
+    let second = std::time::Duration::from_secs(1);
+    assert_eq!(c.per_source.max_conns, Some(20));
+    assert_eq!(c.per_source.rate, Some(crate::limits::Rate { count: 50, per: second }));
+    assert_eq!(c.services[0].per_source.rate, Some(crate::limits::Rate { count: 3, per: 60 * second }));
+    assert_eq!(c.services[0].per_source.max_conns, None);
+    let again = parse(&crate::config::render(&c)).unwrap();
+    assert_eq!((again.per_source, again.services[0].per_source), (c.per_source, c.services[0].per_source));
 }
 
 #[test]
@@ -410,6 +428,9 @@ error_cases! {
     acl_host_bits: ok!(+ "allow 10.0.0.1/8\n") => 4, "allow: 10.0.0.1/8 has host bits set: did you mean 10.0.0.0/8?";
     acl_no_prefix: ok!(+ "deny\n") => 4, "deny: wrong number of arguments, expected: deny CIDR...";
     acl_global_garbage: ok!("allow 10.0.0.0/8 nonsense\n" +) => 1, r#"allow: "nonsense" is not an address"#;
+    rate_without_unit: ok!(+ "rate_per_ip 50\n") => 4, r#"rate_per_ip: "50" is not a rate: give N/s or N/m"#;
+    rate_zero: ok!(+ "rate_per_ip 0/s\n") => 4, "rate_per_ip:";
+    per_ip_twice: ok!("max_conns_per_ip 2\nmax_conns_per_ip 3\n" +) => 2, "duplicate \"max_conns_per_ip\"";
     route_arity: ok!(+ "route sni a.test\n") => 4, "expected: route sni PATTERN SERVICE";
     tls_without_cert: ok!(+ "tls alpn h2\n") => 4, "tls: no certificate: add \"tls cert FILE key FILE\"";
     tls_cert_without_key: ok!(+ "tls cert a.pem\n") => 4, "expected: tls cert FILE key FILE";
@@ -417,10 +438,6 @@ error_cases! {
     tls_unknown_kind: ok!(+ "tls certs a key b\n") => 4, r#"unknown kind "certs""#;
     tls_alpn_twice: ok!(+ "tls cert a key b\ntls alpn h2\ntls alpn h2\n") => 6, "duplicate \"tls alpn\"";
     handshake_timeout_zero: ok!(+ "timeout handshake 0s\n") => 4, "handshake duration 0s must be greater than zero";
-    reserved_max_conns_per_ip: ok!(+ "max_conns_per_ip 5\n")
-        => 4, r#""max_conns_per_ip" is not supported yet"#;
-    reserved_rate_per_ip: ok!(+ "rate_per_ip 50/s\n")
-        => 4, r#""rate_per_ip" is not supported yet"#;
     reserved_proxy_protocol: ok!(+ "proxy_protocol v2\n")
         => 4, r#""proxy_protocol" is not supported yet"#;
     accept_proxy_bind_option: "service web\nbind *:0 accept_proxy\nserver a 127.0.0.1:1\n"

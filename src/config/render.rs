@@ -22,6 +22,7 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "drain_timeout {}", duration(c.drain_timeout));
     let _ = writeln!(o, "log {}", c.log_level.as_str().to_ascii_lowercase());
     o.push_str(&acl_lines(&c.acl, ""));
+    o.push_str(&per_source_lines(&c.per_source, ""));
     for s in &c.services {
         let _ = writeln!(o, "\nservice {}", s.name);
         for b in &s.binds {
@@ -68,6 +69,7 @@ pub fn render(c: &Config) -> String {
             let _ = writeln!(o, "  route sni {} {}", r.pattern, r.service);
         }
         o.push_str(&acl_lines(&s.acl, "  "));
+        o.push_str(&per_source_lines(&s.per_source, "  "));
     }
     o
 }
@@ -77,6 +79,19 @@ pub fn acl_lines(acl: &crate::acl::Acl, indent: &str) -> String {
     let mut o = String::new();
     for r in acl.rules() {
         let _ = writeln!(o, "{indent}{} {}", if r.allow { "allow" } else { "deny" }, r.net);
+    }
+    o
+}
+
+/// `max_conns_per_ip` and `rate_per_ip`, when set.
+pub fn per_source_lines(p: &crate::limits::PerSource, indent: &str) -> String {
+    let mut o = String::new();
+    if let Some(n) = p.max_conns {
+        let _ = writeln!(o, "{indent}max_conns_per_ip {n}");
+    }
+    if let Some(r) = p.rate {
+        let unit = if r.per.as_secs() == 60 { "m" } else { "s" };
+        let _ = writeln!(o, "{indent}rate_per_ip {}/{unit}", r.count);
     }
     o
 }

@@ -132,6 +132,8 @@ impl Default for ServerCounters {
 pub struct ServiceCounters {
     pub accepted: Counter,
     pub refused_acl: Counter,
+    /// Refused by `max_conns_per_ip` or `rate_per_ip`.
+    pub refused_per_ip: Counter,
     pub refused_limit: Counter,
     pub refused_no_server: Counter,
     /// Times a listener of the service stopped accepting at a connection cap (global or the
@@ -153,6 +155,7 @@ impl Default for ServiceCounters {
         ServiceCounters {
             accepted: Counter::default(),
             refused_acl: Counter::default(),
+            refused_per_ip: Counter::default(),
             refused_limit: Counter::default(),
             refused_no_server: Counter::default(),
             limit_pauses: Counter::default(),

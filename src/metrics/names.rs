@@ -21,6 +21,9 @@ pub const CPU_SECONDS: &str = "shunt_process_cpu_seconds_total";
 
 pub const SERVICE_ACCEPTED: &str = "shunt_service_accepted_total";
 pub const SERVICE_REFUSED: &str = "shunt_service_refused_total";
+pub const PER_IP_SOURCES: &str = "shunt_per_ip_live_sources";
+pub const PER_IP_CONNS: &str = "shunt_per_ip_live_connections";
+pub const PER_IP_UNTRACKED: &str = "shunt_per_ip_untracked_total";
 pub const SERVICE_LIMIT_PAUSES: &str = "shunt_service_limit_pauses_total";
 pub const SERVICE_ACTIVE: &str = "shunt_service_active_connections";
 pub const SERVICE_SESSION_DURATION: &str = "shunt_service_session_duration_seconds";

@@ -3,9 +3,11 @@
 
 use super::{Fault, Worker, ACCEPT_BACKOFF, ACCEPT_BATCH};
 use crate::acl;
+use crate::limits;
 use crate::logs;
 use crate::net;
-use crate::session::{Phase, Session, Settings};
+use crate::session::{Phase, Session, Settings, SourceHold};
+use crate::shared::{ServiceRuntime, Stats};
 use crate::tls::TlsEnd;
 use crate::token::{self, Side};
 use log::debug;
@@ -61,7 +63,12 @@ impl Worker {
                         net::set_linger_zero(&stream);
                     }
                     Ok((stream, addr)) => {
-                        self.start_session(pool, stream, addr, now);
+                        let Some(hold) = self.admit_source(pool, addr, now) else {
+                            self.stats.release_admission(&rt);
+                            net::set_linger_zero(&stream);
+                            continue;
+                        };
+                        self.start_session(pool, stream, addr, hold, now);
                         // Out of descriptors for its server connect: the rest of the batch
                         // would only be accepted to be reset.
                         if self.accept_paused_until.is_some() {
@@ -118,9 +125,45 @@ impl Worker {
         false
     }
 
+    /// `max_conns_per_ip` and `rate_per_ip`: the global table, then the service's. `None`
+    /// refuses the client (counted, logged rate-limited); otherwise what to release at close.
+    fn admit_source(&mut self, pool: usize, addr: SocketAddr, now: Instant) -> Option<SourceHold> {
+        let config = &self.generation.config;
+        let svc = &config.services[pool];
+        let (global, own) = (config.per_source, svc.per_source);
+        let ip = net::canonical_addr(addr).ip();
+        let key = limits::source_key(ip);
+        let rt = &self.pools[pool].rt;
+        let mut hold = SourceHold { key, global: None, service: None };
+        let mut refused = None;
+        if global.is_set() {
+            match self.stats.sources.admit(key, global, now) {
+                Ok(tracked) => hold.global = tracked.then_some(global),
+                Err(why) => refused = Some(("global", why)),
+            }
+        }
+        if refused.is_none() && own.is_set() {
+            match rt.sources.admit(key, own, now) {
+                Ok(tracked) => hold.service = tracked.then_some(own),
+                Err(why) => refused = Some(("service", why)),
+            }
+        }
+        let Some((scope, why)) = refused else {
+            return Some(hold);
+        };
+        release_source(&self.stats, rt, hold, now);
+        rt.counters[self.index].0.refused_per_ip.add(1);
+        let what = match why {
+            limits::Refusal::TooMany => "max_conns_per_ip",
+            limits::Refusal::TooFast => "rate_per_ip",
+        };
+        logs::limited_warn("per_ip", format_args!("{}: refused {ip} ({scope} {what})", svc.name));
+        None
+    }
+
     /// A client accepted under a connection slot `try_admit` took (the session gives it back
     /// when it closes).
-    fn start_session(&mut self, pool: usize, stream: TcpStream, addr: SocketAddr, now: Instant) {
+    fn start_session(&mut self, pool: usize, stream: TcpStream, addr: SocketAddr, hold: SourceHold, now: Instant) {
         let rt = Arc::clone(&self.pools[pool].rt);
         rt.counters[self.index].0.accepted.add(1);
         // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
@@ -135,12 +178,14 @@ impl Worker {
         }
         let settings = Settings::of(&self.generation.config.services[pool]);
         let mut session = Session::new(id, rt, stream, net::canonical_addr(addr), settings, now);
+        session.source = Some(hold);
         if let Some(config) = &self.generation.tls[pool] {
             match TlsEnd::new(Arc::clone(config)) {
                 Ok(tls) => session = session.with_tls(tls),
                 Err(e) => {
                     logs::limited_warn("tls", format_args!("TLS session: {e}"));
                     self.stats.release_admission(&session.service);
+                    release_source(&self.stats, &session.service, hold, now);
                     return;
                 }
             }
@@ -168,5 +213,15 @@ impl Worker {
         } else {
             self.connect_next(slot, now);
         }
+    }
+}
+
+/// Gives back what a session (or a refused client) held in the per-source tables.
+pub(super) fn release_source(stats: &Stats, service: &ServiceRuntime, hold: SourceHold, now: Instant) {
+    if let Some(limits) = hold.global {
+        stats.sources.release(hold.key, limits, now);
+    }
+    if let Some(limits) = hold.service {
+        service.sources.release(hold.key, limits, now);
     }
 }

@@ -494,6 +494,9 @@ impl Worker {
             None => "-",
         };
         self.stats.release_admission(&session.service);
+        if let Some(hold) = session.source.take() {
+            accept::release_source(&self.stats, &session.service, hold, now);
+        }
         let duration = now.saturating_duration_since(session.started);
         session.service.counters[self.index].0.session_duration.observe(duration);
         let phase = match session.phase {

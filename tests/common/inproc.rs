@@ -43,6 +43,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         tls: None,
         routes: Vec::new(),
         acl: shunt::acl::Acl::default(),
+        per_source: shunt::limits::PerSource::default(),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn config(services: Vec<Service>) -> Config {
         log_level: log::LevelFilter::Info,
         services,
         acl: shunt::acl::Acl::default(),
+        per_source: shunt::limits::PerSource::default(),
     }
 }
 
