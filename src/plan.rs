@@ -174,6 +174,8 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
     let per =
         |s: &Service| none_if_empty(crate::config::per_source_lines(&s.per_source, "").trim().replace('\n', "; "));
     cmp("per-source limits", per(o), per(s));
+    let pp = |s: &Service| s.proxy_protocol.map_or("none", |v| v.name()).to_string();
+    cmp("proxy_protocol", pp(o), pp(s));
     cmp("timeout queue", dur(o.queue_timeout), dur(s.queue_timeout));
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));

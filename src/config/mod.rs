@@ -86,6 +86,8 @@ pub struct Service {
     pub acl: Acl,
     /// The service's `max_conns_per_ip` / `rate_per_ip`.
     pub per_source: PerSource,
+    /// `proxy_protocol v1|v2`: each server connection starts with a PROXY header.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// `route sni PATTERN SERVICE`: clients asking for a matching server name go to another

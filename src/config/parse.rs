@@ -28,10 +28,11 @@ use super::{
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
 /// Directives that are global before the first service and the service's own inside one.
 const BOTH: &[&str] = &["max_conns", "allow", "deny", "max_conns_per_ip", "rate_per_ip"];
-const SERVICE_ONLY: &[&str] = &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route"];
+const SERVICE_ONLY: &[&str] =
+    &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route", "proxy_protocol"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] = &["proxy_protocol", "accept_proxy"];
+const RESERVED: &[&str] = &["accept_proxy"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -154,6 +155,7 @@ impl Block {
                 routes: Vec::new(),
                 acl: Acl::default(),
                 per_source: PerSource::default(),
+                proxy_protocol: None,
             },
             acl: Vec::new(),
             seen: Vec::new(),
@@ -421,6 +423,14 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
         }
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
             b.svc.check = check(a)?;
+            Ok(())
+        }),
+        "proxy_protocol" => once(&mut b.seen, kw, n).and_then(|()| {
+            b.svc.proxy_protocol = Some(match one(a, "proxy_protocol v1|v2")? {
+                "v1" => crate::proxy_protocol::Version::V1,
+                "v2" => crate::proxy_protocol::Version::V2,
+                v => return Err(choice("version", v, &["v1", "v2"])),
+            });
             Ok(())
         }),
         "balance" | "retries" | "max_conns" | "splice" => {

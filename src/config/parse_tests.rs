@@ -192,6 +192,7 @@ fn defaults() {
         routes: Vec::new(),
         acl: crate::acl::Acl::default(),
         per_source: crate::limits::PerSource::default(),
+        proxy_protocol: None,
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -438,8 +439,8 @@ error_cases! {
     tls_unknown_kind: ok!(+ "tls certs a key b\n") => 4, r#"unknown kind "certs""#;
     tls_alpn_twice: ok!(+ "tls cert a key b\ntls alpn h2\ntls alpn h2\n") => 6, "duplicate \"tls alpn\"";
     handshake_timeout_zero: ok!(+ "timeout handshake 0s\n") => 4, "handshake duration 0s must be greater than zero";
-    reserved_proxy_protocol: ok!(+ "proxy_protocol v2\n")
-        => 4, r#""proxy_protocol" is not supported yet"#;
+    proxy_protocol_version: ok!(+ "proxy_protocol v3
+") => 4, r#"unknown version "v3": expected one of v1, v2"#;
     accept_proxy_bind_option: "service web\nbind *:0 accept_proxy\nserver a 127.0.0.1:1\n"
         => 2, "bind: the accept_proxy option is not supported yet";
     global_inside_a_service: ok!(+ "workers 2\n")

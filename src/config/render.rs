@@ -70,6 +70,9 @@ pub fn render(c: &Config) -> String {
         }
         o.push_str(&acl_lines(&s.acl, "  "));
         o.push_str(&per_source_lines(&s.per_source, "  "));
+        if let Some(v) = s.proxy_protocol {
+            let _ = writeln!(o, "  proxy_protocol {}", v.name());
+        }
     }
     o
 }

@@ -62,6 +62,8 @@ struct Target {
     check: Check,
     /// For a server reached with `tls`: probes handshake first.
     tls: Option<Arc<crate::tls::BackendTls>>,
+    /// `proxy_protocol`: what a probe sends first (a header without a client).
+    preamble: Vec<u8>,
     /// Where probes go (the server's address, or its host with the check's `port`).
     addr: SocketAddr,
     label: String,
@@ -139,6 +141,7 @@ impl HealthThread {
                 server: Arc::clone(server),
                 check: svc.check.clone(),
                 tls,
+                preamble: svc.proxy_protocol.map_or(Vec::new(), crate::proxy_protocol::local_header),
                 addr,
                 label: format!("{}/{}", svc.name, server.name),
                 health: match kept {
@@ -181,7 +184,7 @@ impl HealthThread {
             }
             let deadline = now + t.check.timeout;
             let interval = t.check.interval;
-            match Probe::start(t.addr, &t.check.kind, t.tls.clone(), now, deadline) {
+            match Probe::start(t.addr, &t.check.kind, t.tls.clone(), t.preamble.clone(), now, deadline) {
                 Ok(mut p) => {
                     if let Err(e) =
                         self.poll.registry().register(&mut p.stream, Token(i), Interest::READABLE | Interest::WRITABLE)

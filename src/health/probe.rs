@@ -42,6 +42,8 @@ pub struct Probe {
     /// For a `tls` server: how to reach it, then (once connected) the TLS endpoint.
     tls_config: Option<Arc<BackendTls>>,
     tls: Option<TlsEnd>,
+    /// Bytes sent first, in clear, as soon as the connect completes (a PROXY header).
+    preamble: Vec<u8>,
 }
 
 impl Probe {
@@ -50,6 +52,7 @@ impl Probe {
         addr: SocketAddr,
         kind: &CheckKind,
         tls_config: Option<Arc<BackendTls>>,
+        preamble: Vec<u8>,
         now: Instant,
         deadline: Instant,
     ) -> io::Result<Probe> {
@@ -63,7 +66,7 @@ impl Probe {
             .into_bytes(),
         };
         let stage = Stage::Connecting;
-        Ok(Probe { stream, started: now, deadline, stage, request, reply: Vec::new(), tls_config, tls: None })
+        Ok(Probe { stream, started: now, deadline, stage, request, reply: Vec::new(), tls_config, tls: None, preamble })
     }
 
     /// Advances on readiness. `Some` once the probe is decided.
@@ -79,6 +82,14 @@ impl Probe {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
                         Err(e) => return Some(Verdict::Fail(format!("connect: {e}"))),
+                    }
+                    // A fresh connection takes these few bytes in one send (as sessions do).
+                    if !self.preamble.is_empty() {
+                        match self.stream.write(&self.preamble) {
+                            Ok(n) if n == self.preamble.len() => {}
+                            Ok(n) => return Some(Verdict::Fail(format!("PROXY header: {n} bytes sent"))),
+                            Err(e) => return Some(Verdict::Fail(format!("PROXY header: {e}"))),
+                        }
                     }
                     if let Some(config) = self.tls_config.take() {
                         match TlsEnd::client(&config) {

@@ -11,6 +11,7 @@ use crate::token::{self, Side};
 use mio::net::TcpStream;
 use mio::Interest;
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,6 +138,10 @@ impl Worker {
             Err(e) => self.connect_failed(slot, &e.to_string(), false, now),
             Ok(()) => {
                 let _ = stream.set_nodelay(true);
+                if let Err(e) = self.send_proxy_header(slot) {
+                    return self.connect_failed(slot, &format!("PROXY header: {e}"), false, now);
+                }
+                let session = &mut self.sessions[slot];
                 if let Some(tls) = session.server_tls.take() {
                     match TlsEnd::client(&tls) {
                         Ok(end) => session.backend_tls = Some(Box::new(end)),
@@ -146,6 +151,28 @@ impl Worker {
                 }
                 self.streaming(slot, now);
             }
+        }
+    }
+
+    /// `proxy_protocol`: the header goes first on the new server connection (before a TLS
+    /// handshake too), as the servers' service asks. A fresh connection's send buffer is
+    /// empty and holds far more than a header (108 bytes at most), so one send takes it whole;
+    /// a short send is an error, never a header cut in two.
+    fn send_proxy_header(&mut self, slot: usize) -> io::Result<()> {
+        let session = &self.sessions[slot];
+        let servers_of = session.route.as_ref().unwrap_or(&session.service);
+        let Some(pool) = self.pools.iter().position(|p| Arc::ptr_eq(&p.rt, servers_of)) else {
+            return Ok(());
+        };
+        let Some(version) = self.generation.config.services[pool].proxy_protocol else {
+            return Ok(());
+        };
+        let local = session.client.local_addr()?;
+        let header = crate::proxy_protocol::header(version, session.client_addr, local);
+        let backend = session.backend.as_ref().expect("invariant: connecting sessions have a backend");
+        match crate::sys::send(backend.as_fd(), &header)? {
+            n if n == header.len() => Ok(()),
+            n => Err(io::Error::other(format!("the socket took {n} of {} bytes", header.len()))),
         }
     }
 

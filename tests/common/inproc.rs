@@ -44,6 +44,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         routes: Vec::new(),
         acl: shunt::acl::Acl::default(),
         per_source: shunt::limits::PerSource::default(),
+        proxy_protocol: None,
     }
 }
 

@@ -46,11 +46,22 @@ pub struct NginxOpts<'a> {
     pub netns: Option<&'a str>,
     /// Serve HTTPS with this certificate and key (`listen ... ssl`) instead of plain HTTP.
     pub ssl: Option<&'a Issued>,
+    /// Expect a PROXY protocol header (v1 or v2) on every connection (`listen ... proxy_protocol`);
+    /// `GET /pp` answers the address and port it carried.
+    pub proxy_protocol: bool,
 }
 
 impl Default for NginxOpts<'_> {
     fn default() -> Self {
-        NginxOpts { port: 0, name: "nginx", big_len: 1 << 20, health_status: 200, netns: None, ssl: None }
+        NginxOpts {
+            port: 0,
+            name: "nginx",
+            big_len: 1 << 20,
+            health_status: 200,
+            netns: None,
+            ssl: None,
+            proxy_protocol: false,
+        }
     }
 }
 
@@ -84,14 +95,15 @@ impl Nginx {
 
     /// One start on `port`: up and listening, or the port was taken; panics on anything else.
     fn try_start(port: u16, opts: &NginxOpts<'_>) -> Bound<Nginx> {
-        let NginxOpts { name, big_len, health_status, netns, ssl, .. } = *opts;
+        let NginxOpts { name, big_len, health_status, netns, ssl, proxy_protocol, .. } = *opts;
+        let pp = if proxy_protocol { " proxy_protocol" } else { "" };
         let listen = match ssl {
             Some(issued) => format!(
-                "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                "listen 127.0.0.1:{port} ssl{pp};\n        ssl_certificate {};\n        ssl_certificate_key {};",
                 issued.cert.display(),
                 issued.key.display()
             ),
-            None => format!("listen 127.0.0.1:{port};"),
+            None => format!("listen 127.0.0.1:{port}{pp};"),
         };
         let dir = TempDir::new("nginx");
         let d = dir.path().display().to_string();
@@ -117,6 +129,7 @@ http {{
         {listen}
         location / {{ return 200 "{name}\n"; }}
         location = /health {{ return {health_status} "ok\n"; }}
+        location = /pp {{ return 200 "$proxy_protocol_addr $proxy_protocol_port\n"; }}
         location = /big {{ alias {big}; }}
     }}
 }}
