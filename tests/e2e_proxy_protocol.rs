@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::haproxy::HaproxyReader;
 use common::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -60,4 +61,22 @@ fn v1_headers_carry_each_clients_address_to_nginx() {
 #[test]
 fn v2_headers_carry_each_clients_address_to_nginx() {
     check("v2");
+}
+
+#[test]
+fn haproxy_accept_proxy_reads_v1_and_v2_headers() {
+    let reader = HaproxyReader::start();
+    let conf = format!(
+        "log info\nadmin 127.0.0.1:0\n\
+         service one\n  bind 127.0.0.1:0\n  proxy_protocol v1\n  server h {addr}\n\
+         service two\n  bind 127.0.0.1:0\n  proxy_protocol v2\n  server h {addr}\n",
+        addr = reader.addr
+    );
+    let mut shunt = start_shunt(&conf);
+    for (service, n) in [("one", 6u8), ("two", 7)] {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+        let body = pp_from(from, shunt.addr(service));
+        assert_eq!(body.split(' ').next(), Some(from.to_string().as_str()), "{service}: {body}");
+    }
+    assert_eq!(shunt.wait_all_logged(T).len(), 2);
 }

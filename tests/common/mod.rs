@@ -36,6 +36,7 @@ pub mod bins;
 pub mod bytes;
 pub mod certs;
 pub mod clients;
+pub mod haproxy;
 pub mod http;
 pub mod inproc;
 pub mod lab;
