@@ -1,6 +1,7 @@
 //! `max_conns_per_ip` and `rate_per_ip`, with clients on many real source addresses
-//! (127.0.0.N): exact over two workers, a token bucket per source, and every counter back to
-//! zero after closes, resets, refusals and timeouts.
+//! (127.0.0.N, and a /24 in a network namespace): exact over two workers, a token bucket per
+//! source, every counter back to zero after closes, resets, refusals and timeouts, and with
+//! `allow` over a namespace's /24.
 
 mod common;
 
@@ -18,9 +19,7 @@ fn from(n: u8) -> IpAddr {
 /// A connection from source `n` that an echo server answered through shunt; `None` if shunt
 /// refused it (a reset at connect or at the first read).
 fn echoed(n: u8, addr: SocketAddr) -> Option<TcpStream> {
-    let mut c = connect_from(from(n), addr).ok()?;
-    let mut back = [0u8; 5];
-    (c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok()).then_some(c)
+    echoed_from(from(n), addr)
 }
 
 fn gauge(shunt: &Shunt, name: &str, scope: &str) -> f64 {
@@ -133,4 +132,66 @@ fn every_count_returns_to_zero_after_closes_resets_refusals_and_timeouts() {
 /// Closes with a reset (`SO_LINGER` 0).
 fn net_reset(s: TcpStream) {
     socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+/// A namespace whose loopback answers for the whole of 10.88.0.0/24 (`ip route add local`), so
+/// clients can come from fifty real addresses that are not 127/8.
+fn slash24() -> Option<Netns> {
+    let ns = match Netns::new() {
+        Ok(ns) => ns,
+        Err(e) if std::env::var("SHUNT_SKIP_NETNS").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED (SHUNT_SKIP_NETNS=1): {e}");
+            return None;
+        }
+        Err(e) => panic!("cannot make a network namespace: {e} (set SHUNT_SKIP_NETNS=1 to skip)"),
+    };
+    ns.exec_ok(&["ip", "route", "add", "local", "10.88.0.0/24", "dev", "lo"]).unwrap();
+    Some(ns)
+}
+
+#[test]
+fn a_slash_24_of_clients_in_a_namespace_meets_allow_and_max_conns_per_ip() {
+    let Some(ns) = slash24() else { return };
+    let nginx = Nginx::start_opts(NginxOpts { name: "nginx-24", netns: Some(&ns.name), ..NginxOpts::default() });
+    let conf = format!(
+        "log info\nadmin 127.0.0.1:0\nservice s\n  bind 10.88.0.1:0\n  allow 10.88.0.0/28\n  max_conns_per_ip 1\n  server n {}\n",
+        nginx.addr
+    );
+    let shunt = start_shunt_wrapped(&["ip", "netns", "exec", &ns.name], &conf);
+    let (addr, admin) = (shunt.addr("s"), shunt.admin());
+    let source = |n: u8| IpAddr::V4(Ipv4Addr::new(10, 88, 0, n));
+    let (held, twice, outside) = run_in(&ns.name, || {
+        // .2 to .15 are in the allowed /28: one connection each, a second refused.
+        let held: Vec<TcpStream> = (2..=15).filter_map(|n| served_from(source(n), addr)).collect();
+        let twice = (2..=15).filter(|&n| served_from(source(n), addr).is_some()).count();
+        let outside = (16..=50).filter(|&n| served_from(source(n), addr).is_some()).count();
+        (held, twice, outside)
+    });
+    assert_eq!((held.len(), twice, outside), (14, 0, 0), "one each inside the /28, none outside");
+    let metrics = || run_in(&ns.name, || http_get(admin, "/metrics").1);
+    let m = metrics();
+    let refused =
+        |reason: &str| metric(&m, &format!("shunt_service_refused_total{{service=\"s\",reason=\"{reason}\"}}"));
+    assert_eq!((refused("acl"), refused("per_ip")), (35.0, 14.0));
+    assert_eq!(metric(&m, "shunt_per_ip_live_sources{scope=\"s\"}"), 14.0);
+    drop(held);
+    wait_for(T, "every source released", || metric(&metrics(), "shunt_per_ip_live_connections{scope=\"s\"}") == 0.0);
+    assert!(shunt.log().contains("s: refused 10.88.0.16 (no allow rule matches)"), "{}", shunt.log());
+}
+
+/// A keep-alive HTTP request from `from` that nginx answered through shunt: the connection,
+/// still open; `None` if shunt refused it.
+fn served_from(from: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
+    let mut c = connect_from(from, addr).ok()?;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).ok()?;
+    (&head == b"HTTP/1.1 200").then_some(c)
+}
+
+/// [`echoed`] from any source address.
+fn echoed_from(from: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
+    let mut c = connect_from(from, addr).ok()?;
+    let mut back = [0u8; 5];
+    (c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok()).then_some(c)
 }
