@@ -94,10 +94,6 @@ impl Acl {
         &self.rules
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// The verdict for `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address).
     pub fn check(&self, ip: IpAddr) -> Verdict {
         if self.rules.is_empty() {

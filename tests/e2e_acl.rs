@@ -9,22 +9,14 @@ use common::certs::{Ca, KeyKind};
 use common::tls::*;
 use common::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
 
-fn from(n: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
-}
-
-/// Echoes a few bytes from source `n`: served, or refused (reset or closed at once).
+/// Echoes a few bytes from 127.0.0.n: served, or refused (reset or closed at once).
 fn served(n: u8, addr: SocketAddr) -> bool {
-    let Ok(mut c) = connect_from(from(n), addr) else {
-        return false;
-    };
-    let mut back = [0u8; 5];
-    c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok() && &back == b"hello"
+    echoed_from(loopback(n), addr).is_some()
 }
 
 fn refused(shunt: &Shunt, service: &str) -> f64 {
@@ -92,7 +84,7 @@ fn a_refused_client_costs_no_tls_handshake() {
     let mut shunt = start_shunt(&conf);
     let addr = shunt.addr("web");
     // The reset may come before the connect call has even returned.
-    match connect_from(from(7), addr) {
+    match connect_from(loopback(7), addr) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Err(e) => panic!("connect: {e}"),
         Ok(mut c) => {
@@ -123,7 +115,7 @@ fn a_reload_brings_new_rules_for_new_connections() {
         |r: &str| format!("log info\nadmin 127.0.0.1:0\nservice s\n  bind 127.0.0.1:0\n{r}  server e {}\n", echo.addr);
     let mut shunt = start_shunt(&rules("  deny 127.0.0.8\n"));
     let addr = shunt.addr("s");
-    let mut live = connect_from(from(9), addr).unwrap();
+    let mut live = connect_from(loopback(9), addr).unwrap();
     assert!(!served(8, addr) && served(9, addr));
     shunt.reload(&rules("  deny 127.0.0.9\n"));
     shunt.wait_log("taken (generation 2)", T);

@@ -12,14 +12,9 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
 
-fn from(n: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
-}
-
-/// A connection from source `n` that an echo server answered through shunt; `None` if shunt
-/// refused it (a reset at connect or at the first read).
+/// [`echoed_from`] 127.0.0.n.
 fn echoed(n: u8, addr: SocketAddr) -> Option<TcpStream> {
-    echoed_from(from(n), addr)
+    echoed_from(loopback(n), addr)
 }
 
 fn gauge(shunt: &Shunt, name: &str, scope: &str) -> f64 {
@@ -111,7 +106,7 @@ fn every_count_returns_to_zero_after_closes_resets_refusals_and_timeouts() {
         drop(clean);
         net_reset(reset);
         wait_for(T, "both to be released", || live(&shunt) == 0.0);
-        let mut by_server = connect_from(from(n), addr).unwrap();
+        let mut by_server = connect_from(loopback(n), addr).unwrap();
         by_server.write_all(b"reset").unwrap();
         let _ = by_server.read(&mut [0u8; 1]);
         idle.push(echoed(n, addr).unwrap()); // left open: the idle timeout ends it
@@ -187,11 +182,4 @@ fn served_from(from: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
     let mut head = [0u8; 12];
     c.read_exact(&mut head).ok()?;
     (&head == b"HTTP/1.1 200").then_some(c)
-}
-
-/// [`echoed`] from any source address.
-fn echoed_from(from: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
-    let mut c = connect_from(from, addr).ok()?;
-    let mut back = [0u8; 5];
-    (c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok()).then_some(c)
 }

@@ -161,7 +161,7 @@ impl Worker {
     fn send_proxy_header(&mut self, slot: usize) -> io::Result<()> {
         let session = &self.sessions[slot];
         let servers_of = session.route.as_ref().unwrap_or(&session.service);
-        let Some(pool) = self.pools.iter().position(|p| Arc::ptr_eq(&p.rt, servers_of)) else {
+        let Some(pool) = self.pool_of(servers_of) else {
             return Ok(());
         };
         let Some(version) = self.generation.config.services[pool].proxy_protocol else {

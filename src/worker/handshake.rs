@@ -87,13 +87,12 @@ impl Worker {
     /// otherwise it stays with its own service's servers. Routes are those of the running
     /// generation (a reload since the accept applies).
     fn route(&mut self, slot: usize, sni: Option<&str>) {
-        let session = &mut self.sessions[slot];
-        let Some(front) = self.pools.iter().position(|p| Arc::ptr_eq(&p.rt, &session.service)) else {
+        let Some(front) = self.pool_of(&self.sessions[slot].service) else {
             return;
         };
         let routes = &self.generation.config.services[front].routes;
         if let Some(r) = sni.and_then(|name| routes.iter().find(|r| r.pattern.matches(name))) {
-            session.route = Some(Arc::clone(&self.pools[r.target].rt));
+            self.sessions[slot].route = Some(Arc::clone(&self.pools[r.target].rt));
         }
     }
 

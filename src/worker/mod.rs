@@ -286,6 +286,12 @@ impl Worker {
         }
     }
 
+    /// The position of `service`'s pool in the generation in force (none once a reload removed
+    /// it): also its index in `generation.config.services`.
+    fn pool_of(&self, service: &Arc<crate::shared::ServiceRuntime>) -> Option<usize> {
+        self.pools.iter().position(|p| Arc::ptr_eq(&p.rt, service))
+    }
+
     fn server_mut(&mut self, id: ServerId) -> Option<&mut ServerView> {
         self.pools.iter_mut().flat_map(|p| p.servers.iter_mut()).find(|v| v.rt.id == id)
     }

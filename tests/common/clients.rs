@@ -61,3 +61,17 @@ pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
 }
+
+/// `127.0.0.n`: one of the many local source addresses tests play clients from.
+pub fn loopback(n: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// A connection from `from` that an echo server answered through the balancer (5 bytes sent
+/// and read back), still open; `None` if it was refused (a reset at connect or at the read).
+pub fn echoed_from(from: std::net::IpAddr, addr: SocketAddr) -> Option<TcpStream> {
+    use std::io::Write;
+    let mut c = connect_from(from, addr).ok()?;
+    let mut back = [0u8; 5];
+    (c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok() && &back == b"hello").then_some(c)
+}

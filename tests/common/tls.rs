@@ -100,33 +100,28 @@ pub struct SClient {
 /// Runs `openssl s_client -connect ADDR` with `args`, sending `input` then keeping the session
 /// open until the server closes it (`-ign_eof`), with a 20 s deadline.
 pub fn s_client(addr: SocketAddr, args: &[&str], input: &[u8]) -> SClient {
-    let mut child = Command::new("timeout")
-        .args(["20", "openssl", "s_client", "-connect", &addr.to_string(), "-ign_eof"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl s_client");
-    child.stdin.take().expect("stdin").write_all(input).expect("write to s_client");
-    let out = child.wait_with_output().expect("wait for s_client");
-    SClient {
-        ok: out.status.success(),
-        out: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    }
+    run_s_client(addr, &[&["-ign_eof"], args].concat(), Some(input))
 }
 
 /// `openssl s_client` that only completes a handshake (no request) and prints the session.
 pub fn s_client_handshake(addr: SocketAddr, args: &[&str]) -> SClient {
+    run_s_client(addr, args, None)
+}
+
+/// `openssl s_client -connect ADDR ARGS` with a 20 s deadline: `input` on its stdin, or an
+/// empty stdin (it ends at once after the handshake).
+fn run_s_client(addr: SocketAddr, args: &[&str], input: Option<&[u8]>) -> SClient {
     let mut child = Command::new("timeout")
         .args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run openssl s_client");
-    let _ = child.stdin.take();
+    if let Some(input) = input {
+        child.stdin.take().expect("stdin").write_all(input).expect("write to s_client");
+    }
     let out = child.wait_with_output().expect("wait for s_client");
     SClient {
         ok: out.status.success(),
