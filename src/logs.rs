@@ -75,9 +75,12 @@ pub enum Cause {
     Resource,
     /// Closed by shutdown at the end of `drain_timeout`.
     Killed,
-    /// The TLS handshake failed (a protocol error, no shared version or cipher, a client
-    /// certificate refused).
-    TlsError,
+    /// The client's TLS handshake failed (a protocol error, no shared version or cipher, a
+    /// client certificate refused), or its PROXY header was malformed or too long.
+    BadHandshake,
+    /// Refused by an `allow`/`deny` rule or a per-source limit once its PROXY header said who
+    /// the client is (refusals at accept close the connection before it is a session).
+    Denied,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +102,8 @@ pub fn term_code(cause: Cause, phase: Phase) -> [char; 2] {
         Cause::NoServer => 'N',
         Cause::Resource => 'R',
         Cause::Killed => 'K',
-        Cause::TlsError => 'H',
+        Cause::BadHandshake => 'H',
+        Cause::Denied => 'P',
     };
     let when = match phase {
         Phase::Handshake => 'H',
@@ -146,7 +150,8 @@ mod tests {
         assert_eq!(term_code(Cause::ServerAbort, Phase::Connect), ['S', 'C']);
         assert_eq!(term_code(Cause::IdleTimeout, Phase::Data), ['T', 'D']);
         assert_eq!(term_code(Cause::ConnectTimeout, Phase::Connect), ['s', 'C']);
-        assert_eq!(term_code(Cause::TlsError, Phase::Handshake), ['H', 'H']);
+        assert_eq!(term_code(Cause::BadHandshake, Phase::Handshake), ['H', 'H']);
         assert_eq!(term_code(Cause::IdleTimeout, Phase::Handshake), ['T', 'H']);
+        assert_eq!(term_code(Cause::Denied, Phase::Handshake), ['P', 'H']);
     }
 }

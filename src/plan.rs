@@ -219,13 +219,14 @@ fn servers(plan: &mut Plan, o: &Service, s: &Service, live: &impl Live) {
     }
 }
 
-/// Every bind as (service, address, ordinal among binds spelled the same), in file order.
-fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize)> {
-    let mut out: Vec<(&str, ListenAddr, usize)> = Vec::new();
+/// Every bind as (service, address, ordinal among binds spelled the same, accept_proxy), in
+/// file order.
+fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize, bool)> {
+    let mut out: Vec<(&str, ListenAddr, usize, bool)> = Vec::new();
     for s in &c.services {
         for b in &s.binds {
-            let ordinal = out.iter().filter(|(_, a, _)| *a == b.addr).count();
-            out.push((&s.name, b.addr, ordinal));
+            let ordinal = out.iter().filter(|(_, a, _, _)| *a == b.addr).count();
+            out.push((&s.name, b.addr, ordinal, b.accept_proxy));
         }
     }
     out
@@ -233,17 +234,25 @@ fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize)> {
 
 fn listeners(plan: &mut Plan, old: &Config, new: &Config) {
     let (before, after) = (binds(old), binds(new));
-    for &(service, addr, ordinal) in &after {
-        match before.iter().find(|(_, a, n)| *a == addr && *n == ordinal) {
-            None => plan.push(What::Added, "listener", &addr.to_string(), vec![format!("service {service}")], 0),
-            Some((was, _, _)) if *was != service => {
-                plan.push(What::Changed, "listener", &addr.to_string(), vec![format!("service {was} -> {service}")], 0)
-            }
-            Some(_) => {}
+    for &(service, addr, ordinal, proxy) in &after {
+        let Some(&(was, _, _, was_proxy)) = before.iter().find(|(_, a, n, _)| *a == addr && *n == ordinal) else {
+            plan.push(What::Added, "listener", &addr.to_string(), vec![format!("service {service}")], 0);
+            continue;
+        };
+        let mut fields = Vec::new();
+        if was != service {
+            fields.push(format!("service {was} -> {service}"));
+        }
+        if was_proxy != proxy {
+            let on = |p: bool| if p { "on" } else { "off" };
+            fields.push(format!("accept_proxy {} -> {} for new connections", on(was_proxy), on(proxy)));
+        }
+        if !fields.is_empty() {
+            plan.push(What::Changed, "listener", &addr.to_string(), fields, 0);
         }
     }
-    for &(service, addr, ordinal) in &before {
-        if !after.iter().any(|(_, a, n)| *a == addr && *n == ordinal) {
+    for &(service, addr, ordinal, _) in &before {
+        if !after.iter().any(|(_, a, n, _)| *a == addr && *n == ordinal) {
             let why = format!("service {service}; sessions it accepted go on");
             plan.push(What::Removed, "listener", &addr.to_string(), vec![why], 0);
         }
@@ -405,7 +414,7 @@ mod tests {
              server c 127.0.0.1:3\nservice gone\n bind 127.0.0.1:1002\n server z 127.0.0.1:9\n",
         );
         let new = conf(
-            "workers 2\nservice web\n balance leastconn\n bind 127.0.0.1:1000\n bind 127.0.0.1:1003\n\
+            "workers 2\nservice web\n balance leastconn\n bind 127.0.0.1:1000 accept_proxy\n bind 127.0.0.1:1003\n\
              server a 127.0.0.1:1 weight 3\n server b 127.0.0.1:22\n server d 127.0.0.1:4\nservice fresh\n\
              bind 127.0.0.1:1002\n server y 127.0.0.1:8\n",
         );
@@ -423,13 +432,14 @@ mod tests {
             "+ listener 127.0.0.1:1003: service web\n",
             "~ listener 127.0.0.1:1002: service gone -> fresh\n",
             "- listener 127.0.0.1:1001: service web; sessions it accepted go on\n",
+            "~ listener 127.0.0.1:1000: accept_proxy off -> on for new connections\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert_eq!(text.lines().count(), 11, "{text}");
+        assert_eq!(text.lines().count(), 12, "{text}");
         assert_eq!(plan.restart_needed, vec!["workers 1 -> 2 needs a restart or an upgrade"]);
         let json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
-        assert_eq!(json["changes"].as_array().unwrap().len(), 11);
+        assert_eq!(json["changes"].as_array().unwrap().len(), 12);
         assert_eq!(json["changes"][2]["name"], "web/a");
         assert_eq!(json["changes"][2]["live_sessions"], 11);
     }

@@ -45,8 +45,10 @@ impl Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// A TLS service: the handshake with the client runs since `since` (the session's start);
-    /// no server is connected before it completes, so a client that never finishes costs none.
+    /// Before any server: the client's PROXY header (`accept_proxy`), its TLS handshake
+    /// (terminated TLS) or its ClientHello (`route sni` passthrough), since `since` (the
+    /// session's start); no server is connected before they are done, so a client that never
+    /// finishes costs none.
     Handshake { since: Instant },
     /// A connect to `Session::server` is in flight since `since`.
     Connecting { since: Instant },
@@ -96,6 +98,12 @@ pub struct Session {
     pub route: Option<Arc<ServiceRuntime>>,
     /// The server name of a ClientHello peeked for SNI passthrough (for the log).
     pub peeked_sni: Option<String>,
+    /// An `accept_proxy` client whose PROXY header has not been read yet (the session's
+    /// handshake phase starts with it).
+    pub awaiting_proxy: bool,
+    /// The address the client connected to, as its PROXY header said (the header shunt sends
+    /// on carries it in place of the accepting socket's own).
+    pub proxied_local: Option<SocketAddr>,
     /// The per-source tables this session holds a connection in (released when it closes).
     pub source: Option<SourceHold>,
     /// Canonical (IPv4-mapped addresses unmapped).
@@ -149,6 +157,8 @@ impl Session {
             server_tls: None,
             route: None,
             peeked_sni: None,
+            awaiting_proxy: false,
+            proxied_local: None,
             source: None,
             client_addr,
             backend: None,
@@ -193,6 +203,14 @@ impl Session {
     /// Makes a new session wait for the client's ClientHello (SNI passthrough routing): its
     /// phase and deadline are the handshake's.
     pub fn awaiting_hello(mut self) -> Session {
+        self.phase = Phase::Handshake { since: self.started };
+        self
+    }
+
+    /// Makes a new session read the client's PROXY header first (an `accept_proxy` bind): its
+    /// phase and deadline are the handshake's, which may go on with TLS or a ClientHello after.
+    pub fn awaiting_proxy_header(mut self) -> Session {
+        self.awaiting_proxy = true;
         self.phase = Phase::Handshake { since: self.started };
         self
     }
@@ -455,11 +473,15 @@ impl Session {
         let (reset_client, reset_backend) = match cause {
             // A client that never finished its handshake leaves no TIME_WAIT here.
             Cause::IdleTimeout if matches!(self.phase, Phase::Handshake { .. }) => (true, false),
+            // A broken PROXY header gets no answer but a reset (TLS has not started).
+            Cause::BadHandshake if self.awaiting_proxy => (true, false),
             Cause::ClientAbort => (false, true),
-            Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout => (true, false),
+            Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout | Cause::Denied => {
+                (true, false)
+            }
             Cause::Killed => (true, true),
             // A failed handshake ends with rustls' alert, then a FIN.
-            Cause::Normal | Cause::IdleTimeout | Cause::TlsError => (false, false),
+            Cause::Normal | Cause::IdleTimeout | Cause::BadHandshake => (false, false),
         };
         if reset_client {
             self.down.delivered -= reset(&self.client).min(self.down.delivered);

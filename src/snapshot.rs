@@ -80,6 +80,9 @@ pub struct ServiceSnapshot {
     pub servers: Vec<ServerSnapshot>,
     /// For a TLS service: its handshakes and sessions.
     pub tls: Option<TlsSnapshot>,
+    /// For a service with an `accept_proxy` bind: PROXY headers read, and connections closed
+    /// for theirs by `proxy_protocol::parse::REASONS` entry.
+    pub proxy: Option<(u64, [u64; 4])>,
 }
 
 /// A per-source table's gauges.
@@ -163,6 +166,7 @@ pub fn take(stats: &Stats) -> Snapshot {
                 tls: (generation.tls[si].is_some() || !generation.config.services[si].routes.is_empty()).then(|| {
                     TlsSnapshot { failed: vec![0; crate::tls::FAILURE_REASONS.len()], ..TlsSnapshot::default() }
                 }),
+                proxy: svc.binds.iter().any(|b| b.accept_proxy).then_some((0, [0; 4])),
             };
             for PerWorker(c) in rt.counters.iter() {
                 s.accepted += c.accepted.get();
@@ -180,6 +184,12 @@ pub fn take(stats: &Stats) -> Snapshot {
                     c.tls_handshake_time.sum_into(&mut t.handshake_time);
                     t.versions[0] += c.tls_versions[0].get();
                     t.versions[1] += c.tls_versions[1].get();
+                }
+                if let Some((ok, failed)) = &mut s.proxy {
+                    *ok += c.proxy_ok.get();
+                    for (sum, n) in failed.iter_mut().zip(&c.proxy_failed) {
+                        *sum += n.get();
+                    }
                 }
             }
             s.servers = svc.servers.iter().zip(&generation.servers[si]).map(|(srv, rt)| server(srv, rt)).collect();

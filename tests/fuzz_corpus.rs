@@ -52,3 +52,8 @@ fn upgrade_frame_corpus_replays_clean() {
 fn client_hello_corpus_replays_clean() {
     replay("client_hello", checks::client_hello);
 }
+
+#[test]
+fn proxy_header_corpus_replays_clean() {
+    replay("proxy_header", checks::proxy_header);
+}

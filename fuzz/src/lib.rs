@@ -132,3 +132,27 @@ pub fn client_hello(data: &[u8]) {
         assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)), "{name:?}");
     }
 }
+
+/// Bytes a client of an `accept_proxy` bind sends first: `parse` never panics, never looks past
+/// its bound, decides a prefix the way it decides the whole (the worker asks again as bytes
+/// arrive), and a header it accepts lies within the bytes (the worker consumes exactly that
+/// many), a v1 one ending with its CRLF.
+pub fn proxy_header(data: &[u8]) {
+    use shunt::proxy_protocol::parse::{parse, MAX_HEADER};
+    let whole = parse(data);
+    for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+        let early = parse(&data[..cut]);
+        if !matches!(early, Ok(None)) {
+            assert_eq!(early, whole, "decided on {cut} bytes, then changed");
+        }
+    }
+    if data.len() > MAX_HEADER {
+        assert_eq!(whole, parse(&data[..MAX_HEADER]), "looked past the bound");
+    }
+    if let Ok(Some(h)) = whole {
+        assert!(h.len <= data.len().min(MAX_HEADER), "{h:?} of {} bytes", data.len());
+        if data[0] == b'P' {
+            assert!(h.len <= 107 && data[..h.len].ends_with(b"\r\n"), "{h:?}");
+        }
+    }
+}

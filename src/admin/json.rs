@@ -113,6 +113,14 @@ pub fn status(snap: &Snapshot) -> String {
                 t.versions[1]
             );
         }
+        if let Some((ok, failed)) = &s.proxy {
+            let failed: Vec<String> = crate::proxy_protocol::parse::REASONS
+                .iter()
+                .zip(failed)
+                .map(|(reason, n)| format!("{}:{n}", string(reason)))
+                .collect();
+            let _ = write!(o, ",\"proxy_headers\":{{\"read\":{ok},\"failures\":{{{}}}}}", failed.join(","));
+        }
         o.push('}');
     }
     o.push_str("]}");

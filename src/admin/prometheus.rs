@@ -215,6 +215,18 @@ pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> S
         }
     }
 
+    let proxied = || snap.services.iter().filter_map(|s| Some((s, s.proxy.as_ref()?)));
+    o.family(PROXY_HEADERS, "counter", "PROXY headers read on accept_proxy binds.");
+    for (s, (ok, _)) in proxied() {
+        o.sample(PROXY_HEADERS, &svc_labels(&s.name), ok);
+    }
+    o.family(PROXY_HEADER_FAILURES, "counter", "accept_proxy connections closed for their PROXY header, by reason.");
+    for (s, (_, failed)) in proxied() {
+        for (reason, n) in crate::proxy_protocol::parse::REASONS.iter().zip(failed) {
+            o.sample(PROXY_HEADER_FAILURES, &format!("{},reason=\"{reason}\"", svc_labels(&s.name)), n);
+        }
+    }
+
     let servers = || snap.services.iter().flat_map(|s| s.servers.iter().map(move |v| (s, v)));
     let srv_labels = |s: &str, v: &str| format!("service=\"{}\",server=\"{}\"", label(s), label(v));
     o.family(SERVER_STATE, "gauge", "1 for the server's current state (up, down, drain, disabled).");

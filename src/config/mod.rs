@@ -247,6 +247,9 @@ impl fmt::Display for ListenAddr {
 pub struct Bind {
     pub addr: ListenAddr,
     pub line: usize,
+    /// `accept_proxy`: every client of this bind starts with a PROXY header (v1 or v2), whose
+    /// client address then stands for the peer's.
+    pub accept_proxy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -391,6 +394,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The `ordinal`-th bind (0-based, in file order over every service) spelled `conf`: how a
+    /// listener, kept over reloads by its spelling, finds the bind it serves now.
+    pub fn bind_at(&self, conf: ListenAddr, ordinal: usize) -> Option<&Bind> {
+        self.services.iter().flat_map(|s| &s.binds).filter(|b| b.addr == conf).nth(ordinal)
+    }
+
     /// One line per service, for `--check`.
     pub fn summary(&self) -> Vec<String> {
         self.services

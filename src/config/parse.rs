@@ -32,7 +32,7 @@ const SERVICE_ONLY: &[&str] =
     &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route", "proxy_protocol"];
 /// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
 /// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] = &["accept_proxy"];
+const RESERVED: &[&str] = &["on_down"];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -499,14 +499,15 @@ fn acl_line(rules: &mut Vec<Rule>, kw: &str, a: &[Token], n: usize) -> Res<()> {
 
 fn bind(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     b.any_bind = true;
-    let addr = match a {
-        [addr] => text(addr)?,
-        [_, opt] if opt.bytes == b"accept_proxy" => {
-            return Err("the accept_proxy option is not supported yet: remove it".to_string())
+    let (addr, accept_proxy) = match a {
+        [addr] => (text(addr)?, false),
+        [addr, opt] if opt.bytes == b"accept_proxy" => (text(addr)?, true),
+        [_, opt] => {
+            return Err(format!("unknown option {}: expected accept_proxy", show(&String::from_utf8_lossy(&opt.bytes))))
         }
-        _ => return Err(arity("bind ADDR")),
+        _ => return Err(arity("bind ADDR [accept_proxy]")),
     };
-    b.svc.binds.push(Bind { addr: listen_addr(addr)?, line: n });
+    b.svc.binds.push(Bind { addr: listen_addr(addr)?, line: n, accept_proxy });
     Ok(())
 }
 

@@ -40,7 +40,7 @@ fn srv(name: &str, addr: &str, line: usize) -> Server {
 
 fn svc(name: &str, line: usize, binds: &[(ListenAddr, usize)]) -> Service {
     let mut s = Block::new(name.into(), line).svc;
-    s.binds = binds.iter().map(|&(addr, line)| Bind { addr, line }).collect();
+    s.binds = binds.iter().map(|&(addr, line)| Bind { addr, line, accept_proxy: false }).collect();
     s
 }
 
@@ -179,7 +179,7 @@ fn defaults() {
     let web = Service {
         name: "web".into(),
         line: 1,
-        binds: vec![Bind { addr: ListenAddr::Any(0), line: 2 }],
+        binds: vec![Bind { addr: ListenAddr::Any(0), line: 2, accept_proxy: false }],
         balance: Balance::RoundRobin,
         servers: vec![srv("a", "127.0.0.1:9001", 3)],
         check: Check::default(),
@@ -441,8 +441,10 @@ error_cases! {
     handshake_timeout_zero: ok!(+ "timeout handshake 0s\n") => 4, "handshake duration 0s must be greater than zero";
     proxy_protocol_version: ok!(+ "proxy_protocol v3
 ") => 4, r#"unknown version "v3": expected one of v1, v2"#;
-    accept_proxy_bind_option: "service web\nbind *:0 accept_proxy\nserver a 127.0.0.1:1\n"
-        => 2, "bind: the accept_proxy option is not supported yet";
+    unknown_bind_option: "service web\nbind *:0 accept-proxy\nserver a 127.0.0.1:1\n"
+        => 2, r#"bind: unknown option "accept-proxy": expected accept_proxy"#;
+    reserved_directive: ok!(+ "on_down close\n")
+        => 4, r#""on_down" is not supported yet: remove it (the name is reserved for a later version)"#;
     global_inside_a_service: ok!(+ "workers 2\n")
         => 4, "is a global directive: it must come before the first service (line 1)";
     service_directive_before_any_service: ok!("balance first\n" +)

@@ -148,6 +148,11 @@ pub struct ServiceCounters {
     pub tls_handshake_time: Histogram,
     /// TLS sessions by version: `[1.2, 1.3]`.
     pub tls_versions: [Counter; 2],
+    /// PROXY headers read on `accept_proxy` binds.
+    pub proxy_ok: Counter,
+    /// Connections closed for their PROXY header, one counter per
+    /// `proxy_protocol::parse::REASONS` entry.
+    pub proxy_failed: [Counter; 4],
 }
 
 impl Default for ServiceCounters {
@@ -164,6 +169,8 @@ impl Default for ServiceCounters {
             tls_failed: crate::tls::FAILURE_REASONS.iter().map(|_| Counter::default()).collect(),
             tls_handshake_time: Histogram::new(HANDSHAKE_BUCKETS),
             tls_versions: [Counter::default(), Counter::default()],
+            proxy_ok: Counter::default(),
+            proxy_failed: Default::default(),
         }
     }
 }

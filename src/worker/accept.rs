@@ -58,17 +58,22 @@ impl Worker {
                 }
                 match accepted {
                     Ok((stream, addr)) if !admitted => self.refuse_at_cap(pool, stream, addr),
-                    Ok((stream, addr)) if !self.acl_allows(pool, addr) => {
-                        self.stats.release_admission(&rt);
-                        net::set_linger_zero(&stream);
-                    }
                     Ok((stream, addr)) => {
-                        let Some(hold) = self.admit_source(pool, addr, now) else {
-                            self.stats.release_admission(&rt);
-                            net::set_linger_zero(&stream);
-                            continue;
+                        // Behind `accept_proxy` the peer is a proxy: who the client is comes
+                        // with its header, and the rules and limits apply then.
+                        let accept_proxy = self.listeners[i].accept_proxy;
+                        let hold = match accept_proxy {
+                            true => None,
+                            false => match self.admit_client(pool, addr, now) {
+                                Some(hold) => Some(hold),
+                                None => {
+                                    self.stats.release_admission(&rt);
+                                    net::set_linger_zero(&stream);
+                                    continue;
+                                }
+                            },
                         };
-                        self.start_session(pool, stream, addr, hold, now);
+                        self.start_session(pool, stream, addr, hold, accept_proxy, now);
                         // Out of descriptors for its server connect: the rest of the batch
                         // would only be accepted to be reset.
                         if self.accept_paused_until.is_some() {
@@ -103,6 +108,15 @@ impl Worker {
                 svc.name, svc.queue_timeout
             ),
         );
+    }
+
+    /// Whether the client at `addr` may in, by the access rules and then the per-source limits;
+    /// `None` refuses it, otherwise what its session releases at close.
+    pub(super) fn admit_client(&mut self, pool: usize, addr: SocketAddr, now: Instant) -> Option<SourceHold> {
+        if !self.acl_allows(pool, addr) {
+            return None;
+        }
+        self.admit_source(pool, addr, now)
     }
 
     /// The global `allow`/`deny` rules, then the service's: both must let `addr` in. A refusal
@@ -163,7 +177,16 @@ impl Worker {
 
     /// A client accepted under a connection slot `try_admit` took (the session gives it back
     /// when it closes).
-    fn start_session(&mut self, pool: usize, stream: TcpStream, addr: SocketAddr, hold: SourceHold, now: Instant) {
+    /// With `accept_proxy`, the session first waits for the client's PROXY header.
+    fn start_session(
+        &mut self,
+        pool: usize,
+        stream: TcpStream,
+        addr: SocketAddr,
+        hold: Option<SourceHold>,
+        accept_proxy: bool,
+        now: Instant,
+    ) {
         let rt = Arc::clone(&self.pools[pool].rt);
         rt.counters[self.index].0.accepted.add(1);
         // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets).
@@ -178,20 +201,25 @@ impl Worker {
         }
         let settings = Settings::of(&self.generation.config.services[pool]);
         let mut session = Session::new(id, rt, stream, net::canonical_addr(addr), settings, now);
-        session.source = Some(hold);
+        session.source = hold;
         if let Some(config) = &self.generation.tls[pool] {
             match TlsEnd::new(Arc::clone(config)) {
                 Ok(tls) => session = session.with_tls(tls),
                 Err(e) => {
                     logs::limited_warn("tls", format_args!("TLS session: {e}"));
                     self.stats.release_admission(&session.service);
-                    release_source(&self.stats, &session.service, hold, now);
+                    if let Some(hold) = hold {
+                        release_source(&self.stats, &session.service, hold, now);
+                    }
                     return;
                 }
             }
         }
         if session.tls.is_none() && !self.generation.config.services[pool].routes.is_empty() {
             session = session.awaiting_hello();
+        }
+        if accept_proxy {
+            session = session.awaiting_proxy_header();
         }
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
@@ -206,8 +234,8 @@ impl Worker {
             return;
         }
         if matches!(session.phase, Phase::Handshake { .. }) {
-            // The handshake (or the ClientHello, to route by) first: it may be here already; its
-            // deadline holds from now, whatever trickles in.
+            // The PROXY header, the handshake or the ClientHello to route by first: it may be
+            // here already; its deadline holds from now, whatever trickles in.
             self.arm_timer(slot);
             self.drive_handshake(slot, now);
         } else {

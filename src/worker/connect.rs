@@ -167,7 +167,10 @@ impl Worker {
         let Some(version) = self.generation.config.services[pool].proxy_protocol else {
             return Ok(());
         };
-        let local = session.client.local_addr()?;
+        let local = match session.proxied_local {
+            Some(local) => local,
+            None => session.client.local_addr()?,
+        };
         let header = crate::proxy_protocol::header(version, session.client_addr, local);
         let backend = session.backend.as_ref().expect("invariant: connecting sessions have a backend");
         match crate::sys::send(backend.as_fd(), &header)? {

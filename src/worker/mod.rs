@@ -56,6 +56,8 @@ struct Listener {
     ready: bool,
     /// Held back by a full connection cap since then (each pause is counted once).
     full_since: Option<Instant>,
+    /// Its bind's `accept_proxy` in the running generation.
+    accept_proxy: bool,
 }
 
 /// A failure a test asks for through `SHUNT_TEST_FAULT` (read once at start; never set in
@@ -144,7 +146,8 @@ impl Worker {
             let mut socket = TcpListener::from_std(l.socket);
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
             let (pool, conf, ordinal) = (l.service, l.conf, l.ordinal);
-            listeners.push(Listener { pool, conf, ordinal, socket, ready: true, full_since: None });
+            let accept_proxy = accepts_proxy(&setup.generation, conf, ordinal);
+            listeners.push(Listener { pool, conf, ordinal, socket, ready: true, full_since: None, accept_proxy });
         }
         Ok(Worker {
             index: setup.index,
@@ -335,6 +338,7 @@ impl Worker {
                         socket,
                         ready: true,
                         full_since: None,
+                        accept_proxy: accepts_proxy(&self.generation, change.conf, change.ordinal),
                     }),
                     Err(e) => {
                         logs::limited_warn("register", format_args!("reload: register listener {}: {e}", change.conf))
@@ -534,4 +538,9 @@ impl Worker {
             self.accept_paused_until = None;
         }
     }
+}
+
+/// Whether the bind a listener serves (by its spelling and ordinal) has `accept_proxy` now.
+fn accepts_proxy(generation: &Generation, conf: ListenAddr, ordinal: usize) -> bool {
+    generation.config.bind_at(conf, ordinal).is_some_and(|b| b.accept_proxy)
 }

@@ -13,7 +13,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
     Service {
         name: "svc".into(),
         line: 1,
-        binds: vec![Bind { addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()), line: 2 }],
+        binds: vec![Bind { addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()), line: 2, accept_proxy: false }],
         balance: Balance::RoundRobin,
         servers: servers
             .into_iter()

@@ -1,9 +1,12 @@
 //! The PROXY protocol header shunt sends a server before a session's first byte
 //! (`proxy_protocol v1|v2`), so the server sees the client's address and port rather than
 //! shunt's; and the header of health probes, which carry no client (`PROXY UNKNOWN` in v1, a
-//! `LOCAL` command in v2). Spec: <https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>.
+//! `LOCAL` command in v2); and, in [`parse`], the header clients of an `accept_proxy` bind send
+//! shunt. Spec: <https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>.
 
 use std::net::{IpAddr, SocketAddr};
+
+pub mod parse;
 
 /// `proxy_protocol v1|v2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +25,7 @@ impl Version {
 }
 
 /// v2's fixed first twelve bytes.
-const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The header for a session from `client` that reached shunt at `local` (IPv4-mapped addresses
 /// are sent as the IPv4 addresses they are).
