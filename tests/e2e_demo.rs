@@ -105,7 +105,8 @@ fn backend_addrs(log: &str) -> Vec<SocketAddr> {
 /// servers up); returns it and how long that took.
 fn start_demo(log: &Path) -> (Demo, Duration) {
     let out = File::create(log).unwrap();
-    let script = Command::new("bash")
+    // The script builds first: it finds the build `make test` made (see plain_cargo_env).
+    let script = plain_cargo_env(&mut Command::new("bash"))
         .arg(repo_root().join("scripts/run-demo.sh"))
         .env_remove("RUST_LOG")
         .env("SHUNT_DEMO_PORT", "0")

@@ -1,8 +1,33 @@
 //! Where the programs under test are: the crate's root, cargo's target directory, the shunt
 //! binary and the cargo examples. The tests never build anything themselves (`make test` builds
-//! first): a test that invoked cargo would fight the outer cargo for the build lock.
+//! first): a test that invoked cargo would fight the outer cargo for the build lock. The two
+//! that run a make target which builds (`make run`, `make install`) find the build done, as
+//! long as they call it with [`plain_cargo_env`].
 
 use std::path::PathBuf;
+use std::process::Command;
+
+/// Takes out of `cmd`'s environment what cargo sets for the crate under test (`CARGO`,
+/// `CARGO_PKG_*`, `CARGO_MANIFEST_*`, `CARGO_BIN_EXE_*`, ...), and nextest's own variables. A
+/// build run with them is not the build `make test` made: build scripts that watch them run
+/// again and shunt is rebuilt, replacing target/release binaries that other tests are running
+/// (and the next plain build rebuilds once more). `CARGO_HOME` and `CARGO_TARGET_DIR` stay:
+/// they say where things are.
+pub fn plain_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let keep = matches!(name, "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if !keep
+            && (name == "CARGO"
+                || name.starts_with("CARGO_")
+                || name.starts_with("NEXTEST")
+                || name == "RUSTUP_TOOLCHAIN")
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
 
 /// The crate's root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
