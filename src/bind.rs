@@ -25,6 +25,8 @@ pub enum StartError {
     /// The configuration cannot be used as it is (a TLS certificate or key that does not load):
     /// every error, as `FILE:LINE: message`.
     Config(Vec<crate::config::ConfigError>),
+    /// `user NAME` could not be applied (no such user, not root, a switch that did not hold).
+    Privileges(String),
 }
 
 impl fmt::Display for StartError {
@@ -46,6 +48,7 @@ impl fmt::Display for StartError {
                 }
             }
             StartError::Io { what, error } => write!(f, "{what}: {error}"),
+            StartError::Privileges(why) => write!(f, "{why}"),
             StartError::Config(errors) => {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 write!(f, "{}", lines.join("\n"))

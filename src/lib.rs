@@ -19,6 +19,7 @@ pub mod metrics;
 mod net;
 pub mod notify;
 pub mod plan;
+mod privileges;
 pub mod proxy_protocol;
 mod relay;
 pub mod runtime;

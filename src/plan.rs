@@ -290,6 +290,7 @@ fn globals(old: &Config, new: &Config) -> Vec<Change> {
     cmp("max_conns", old.max_conns.to_string(), new.max_conns.to_string());
     cmp("admin", admin(any_port(old.admin, new.admin)), admin(new.admin));
     cmp("admin_token", token(&old.admin_token), token(&new.admin_token));
+    cmp("user", old.user.clone().unwrap_or("none".into()), new.user.clone().unwrap_or("none".into()));
     cmp("drain_timeout", dur(old.drain_timeout), dur(new.drain_timeout));
     cmp("log", old.log_level.to_string(), new.log_level.to_string());
     let acl = |c: &Config| none_if_empty(crate::config::acl_lines(&c.acl, "").trim().replace('\n', "; "));
@@ -300,7 +301,7 @@ fn globals(old: &Config, new: &Config) -> Vec<Change> {
 }
 
 /// Global settings a reload cannot change in a running process.
-const RESTART_NEEDED: &[&str] = &["workers", "admin", "log"];
+const RESTART_NEEDED: &[&str] = &["workers", "admin", "log", "user"];
 
 /// The global settings that changed but need a restart (or an upgrade), as messages.
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {

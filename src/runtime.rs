@@ -103,6 +103,8 @@ pub fn start_with(
     };
     let admin_copy = admin.as_ref().and_then(|a| a.try_clone().ok());
     let token = config.admin_token.as_deref().map(bind::read_token).transpose()?;
+    // Everything that needs root is done: bound, certificates and token read.
+    crate::privileges::drop_to(config.user.as_deref()).map_err(StartError::Privileges)?;
 
     let io_err = |what| move |error| StartError::Io { what, error };
     let (health_thread, health_link) = health::prepare(&generation).map_err(io_err("health poll"))?;

@@ -257,3 +257,63 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, ms: i32) -> io::Result<bool> {
     let n = unsafe { libc::poll(&mut p, 1, ms) };
     cvt(n as isize).map(|n| n == 1)
 }
+
+/// A user's ids from the password database (`getpwnam_r`): `Ok(None)` when there is no such user.
+pub(crate) fn user_ids(name: &str) -> io::Result<Option<(u32, u32)>> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| io::Error::other("a user name with a NUL byte"))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value to be overwritten; getpwnam_r writes the
+        // entry into `pwd` and its strings into `buf` (both ours, `buf.len()` bytes at most),
+        // and `found` points at `pwd` or is null. Only the two integers are read after.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some((pwd.pw_uid, pwd.pw_gid))),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            // "Not found" comes back as one of these errors from some NSS modules.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// Becomes `uid`/`gid` for good: the supplementary groups become `gid` alone, then the group,
+/// then the user (real, effective and saved ids, for every thread: glibc applies set*id to the
+/// whole process).
+pub(crate) fn set_identity(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setgroups reads one gid_t from memory we own; setgid/setuid take integers.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The process's (real, effective, saved) user ids and (real, effective, saved) group ids.
+pub(crate) fn identity() -> ([u32; 3], [u32; 3]) {
+    let (mut u, mut g) = ([0u32; 3], [0u32; 3]);
+    // SAFETY: getresuid/getresgid write three ids each into arrays we own; they cannot fail
+    // with valid pointers.
+    unsafe {
+        libc::getresuid(&mut u[0], &mut u[1], &mut u[2]);
+        libc::getresgid(&mut g[0], &mut g[1], &mut g[2]);
+    }
+    (u, g)
+}
+
+/// Whether the process can become root again (`setuid(0)` succeeds; it is undone at once).
+pub(crate) fn can_regain_root() -> bool {
+    // SAFETY: setuid/seteuid take integers; on success the effective id is put back.
+    unsafe {
+        let before = libc::geteuid();
+        if libc::setuid(0) == 0 {
+            libc::seteuid(before);
+            return true;
+        }
+    }
+    false
+}

@@ -41,6 +41,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// File whose content (trimmed) is the bearer token that admin POSTs need.
     pub admin_token: Option<PathBuf>,
+    /// `user NAME`: the user shunt becomes once every listener is bound.
+    pub user: Option<String>,
     /// How long SIGTERM waits for live connections.
     pub drain_timeout: Duration,
     /// Log level from the `log` directive; `RUST_LOG`, when set, wins.

@@ -25,7 +25,7 @@ use super::{
     Verify,
 };
 
-const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log"];
+const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log", "user"];
 /// Directives that are global before the first service and the service's own inside one.
 const BOTH: &[&str] = &["max_conns", "allow", "deny", "max_conns_per_ip", "rate_per_ip"];
 const SERVICE_ONLY: &[&str] =
@@ -85,6 +85,7 @@ fn parse_with(bytes: &[u8], file: &Path, resolve: Resolver) -> Result<Config, Ve
             max_conns: super::DEFAULT_MAX_CONNS,
             admin: None,
             admin_token: None,
+            user: None,
             drain_timeout: Duration::from_secs(30),
             log_level: log::LevelFilter::Info,
             services: Vec::new(),
@@ -379,6 +380,16 @@ fn overlaps(a: ListenAddr, b: ListenAddr) -> bool {
     a.socket_addr().port() == b.socket_addr().port() && (covers(a, b) || covers(b, a))
 }
 
+/// A user name as `useradd` takes them: letters, digits, `_`, `-`, `.`, not starting with `-`.
+/// Whether the user exists is checked at start, where its ids are looked up.
+fn user_name(s: &str) -> Res<String> {
+    let fine = |b: u8| b.is_ascii_alphanumeric() || b"_-.".contains(&b);
+    if s.is_empty() || s.len() > 32 || s.starts_with('-') || !s.bytes().all(fine) {
+        return Err(format!("{} is not a user name (letters, digits, _ - ., at most 32)", show(s)));
+    }
+    Ok(s.to_string())
+}
+
 fn set_global(c: &mut Config, kw: &str, a: &[Token]) -> Res<()> {
     match kw {
         "workers" => c.workers = number("", one(a, "workers N")?, 1, MAX_WORKERS)? as usize,
@@ -393,6 +404,7 @@ fn set_global(c: &mut Config, kw: &str, a: &[Token]) -> Res<()> {
             }
             c.admin_token = Some(PathBuf::from(std::ffi::OsStr::from_bytes(&t.bytes)));
         }
+        "user" => c.user = Some(user_name(one(a, "user NAME")?)?),
         "drain_timeout" => c.drain_timeout = duration("", one(a, "drain_timeout DURATION")?, true)?,
         "log" => {
             let level = one(a, "log error|warn|info|debug|trace")?;

@@ -144,6 +144,7 @@ service s
         max_conns: 100_000,
         admin: Some("127.0.0.1:9090".parse().unwrap()),
         admin_token: Some(PathBuf::from("/etc/shunt/token")),
+        user: None,
         drain_timeout: Duration::from_secs(30),
         log_level: log::LevelFilter::Info,
         services: vec![web, cache, api, s],
@@ -156,13 +157,14 @@ service s
 #[test]
 fn globals_other_than_the_defaults() {
     let src = "workers 4\nmax_conns 5000\nadmin [::1]:9091\nadmin_token \"/run/a b\"\n\
-               drain_timeout 0s\nlog trace\n";
+               drain_timeout 0s\nlog trace\nuser shunt\n";
     let want = Config {
         path: PathBuf::from("t.conf"),
         workers: 4,
         max_conns: 5000,
         admin: Some("[::1]:9091".parse().unwrap()),
         admin_token: Some(PathBuf::from("/run/a b")),
+        user: Some("shunt".to_string()),
         drain_timeout: Duration::ZERO,
         log_level: log::LevelFilter::Trace,
         services: Vec::new(),
@@ -200,6 +202,7 @@ fn defaults() {
         max_conns: 100_000,
         admin: None,
         admin_token: None,
+        user: None,
         drain_timeout: Duration::from_secs(30),
         log_level: log::LevelFilter::Info,
         services: vec![web],
@@ -443,6 +446,8 @@ error_cases! {
 ") => 4, r#"unknown version "v3": expected one of v1, v2"#;
     unknown_bind_option: "service web\nbind *:0 accept-proxy\nserver a 127.0.0.1:1\n"
         => 2, r#"bind: unknown option "accept-proxy": expected accept_proxy"#;
+    user_name_with_a_slash: "user ../root\nservice web\nbind *:0\nserver a 127.0.0.1:1\n"
+        => 1, r#"user: "../root" is not a user name (letters, digits, _ - ., at most 32)"#;
     reserved_directive: ok!(+ "on_down close\n")
         => 4, r#""on_down" is not supported yet: remove it (the name is reserved for a later version)"#;
     global_inside_a_service: ok!(+ "workers 2\n")

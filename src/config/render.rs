@@ -16,6 +16,9 @@ pub fn render(c: &Config) -> String {
     if let Some(a) = c.admin {
         let _ = writeln!(o, "admin {a}");
     }
+    if let Some(u) = &c.user {
+        let _ = writeln!(o, "user {u}");
+    }
     if let Some(t) = &c.admin_token {
         let _ = writeln!(o, "admin_token {}", quote(t.as_os_str().as_encoded_bytes()));
     }
@@ -231,7 +234,7 @@ mod tests {
     #[test]
     fn every_setting_survives_a_round_trip() {
         round_trip(
-            "workers 3\nmax_conns 500\nadmin [::1]:9090\nadmin_token \"/etc/a b#c\"\ndrain_timeout 250ms\nlog debug\n\
+            "workers 3\nmax_conns 500\nadmin [::1]:9090\nadmin_token \"/etc/a b#c\"\nuser www-data\ndrain_timeout 250ms\nlog debug\n\
              service web\n bind *:8080\n bind [::1]:8081 accept_proxy\n bind 0.0.0.0:8082\n server a 127.0.0.1:1 weight 0 backup disabled maxconn 7\n\
              server b [::1]:2\n check http HEAD /h?x=1 expect 2xx interval 5m timeout 1500ms rise 4 fall 5 port 99\n\
              retries 0\n timeout connect 1h\n timeout idle 90s\n timeout fin 2s\n timeout queue 0s\n max_conns 9\n splice off\n\

@@ -56,6 +56,7 @@ pub fn config(services: Vec<Service>) -> Config {
         max_conns: 10_000,
         admin: None,
         admin_token: None,
+        user: None,
         drain_timeout: Duration::from_secs(5),
         log_level: log::LevelFilter::Info,
         services,
