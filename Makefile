@@ -5,7 +5,7 @@ CARGO ?= cargo
 # rustup installs cargo in ~/.cargo/bin, which a non-login shell (CI, sudo) may not have on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build run test deps lint fmt bench bench-quick fuzz clean
+.PHONY: all build run test deps lint fmt bench bench-quick fuzz clean install uninstall
 
 all: build
 
@@ -32,6 +32,46 @@ test: deps
 		echo "$(CARGO) test --profile test-release --no-fail-fast --tests"; \
 		$(CARGO) test --profile test-release --no-fail-fast --tests; \
 	fi
+
+# Installs as a distribution package would: the binary, the systemd unit (its paths set to
+# BINDIR and SYSCONFDIR), the sysusers.d entry for the `shunt` user it runs as, and
+# $(SYSCONFDIR)/shunt/shunt.conf from conf/example.conf unless one exists (never overwritten).
+# DESTDIR stages everything under another root for packaging; without it the user is created
+# and systemd told. `make uninstall` removes the same files; a shunt.conf that differs from the
+# example (the operator's) stays, as a package's modified conffile does.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+SHUNT_BUILT ?= target/release/shunt
+
+install: build
+	install -D -m 0755 $(SHUNT_BUILT) $(DESTDIR)$(BINDIR)/shunt
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/shunt
+	sed -e 's|/usr/local/bin/shunt|$(BINDIR)/shunt|g' -e 's|/etc/shunt/|$(SYSCONFDIR)/shunt/|g' \
+		conf/shunt.service > $(DESTDIR)$(UNITDIR)/shunt.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/shunt.service
+	install -m 0644 conf/shunt.sysusers $(DESTDIR)$(SYSUSERSDIR)/shunt.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf ]; then \
+		echo "$(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf exists: left as it is"; \
+	else \
+		install -m 0644 conf/example.conf $(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/shunt.conf; fi; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/shunt $(DESTDIR)$(UNITDIR)/shunt.service $(DESTDIR)$(SYSUSERSDIR)/shunt.conf
+	@if cmp -s conf/example.conf $(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf; \
+	elif [ -e $(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf ]; then \
+		echo "$(DESTDIR)$(SYSCONFDIR)/shunt/shunt.conf was changed: kept"; \
+	fi
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/shunt 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 lint:
 	$(CARGO) fmt --all -- --check

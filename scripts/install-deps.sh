@@ -70,6 +70,9 @@ if [ "$mode" = all ]; then
   need_cmd chromium chromium   # headless check of the status page
   need_cmd openssl openssl     # test certificates, and s_client as a TLS client
   need_cmd testssl testssl.sh  # audits shunt's TLS listener (no HIGH or CRITICAL finding)
+  need_cmd systemd-analyze systemd # rates conf/shunt.service's hardening (security --offline)
+  need_cmd setpriv util-linux  # runs a test's shunt as an unprivileged user
+  need_cmd nft nftables        # conf/nftables.conf, loaded inside network namespaces
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
