@@ -9,7 +9,7 @@ use super::proc::{Proc, TempDir};
 use super::procfs::is_listening;
 use super::wait::START_TIMEOUT;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -42,8 +42,10 @@ pub struct NginxOpts<'a> {
     /// The status `GET /health` answers (200 by default; 503 makes an unhealthy server).
     pub health_status: u16,
     /// Run inside this network namespace (`ip netns exec NS nginx ...`); it listens on the
-    /// namespace's own 127.0.0.1.
+    /// namespace's own 127.0.0.1, or on `listen_ip`.
     pub netns: Option<&'a str>,
+    /// The address to listen on (127.0.0.1 by default): one of the namespace's own.
+    pub listen_ip: Ipv4Addr,
     /// Serve HTTPS with this certificate and key (`listen ... ssl`) instead of plain HTTP.
     pub ssl: Option<&'a Issued>,
     /// Expect a PROXY protocol header (v1 or v2) on every connection (`listen ... proxy_protocol`);
@@ -59,6 +61,7 @@ impl Default for NginxOpts<'_> {
             big_len: 1 << 20,
             health_status: 200,
             netns: None,
+            listen_ip: Ipv4Addr::LOCALHOST,
             ssl: None,
             proxy_protocol: false,
         }
@@ -95,15 +98,15 @@ impl Nginx {
 
     /// One start on `port`: up and listening, or the port was taken; panics on anything else.
     fn try_start(port: u16, opts: &NginxOpts<'_>) -> Bound<Nginx> {
-        let NginxOpts { name, big_len, health_status, netns, ssl, proxy_protocol, .. } = *opts;
+        let NginxOpts { name, big_len, health_status, netns, listen_ip, ssl, proxy_protocol, .. } = *opts;
         let pp = if proxy_protocol { " proxy_protocol" } else { "" };
         let listen = match ssl {
             Some(issued) => format!(
-                "listen 127.0.0.1:{port} ssl{pp};\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                "listen {listen_ip}:{port} ssl{pp};\n        ssl_certificate {};\n        ssl_certificate_key {};",
                 issued.cert.display(),
                 issued.key.display()
             ),
-            None => format!("listen 127.0.0.1:{port}{pp};"),
+            None => format!("listen {listen_ip}:{port}{pp};"),
         };
         let dir = TempDir::new("nginx");
         let d = dir.path().display().to_string();
@@ -172,7 +175,7 @@ http {{
             assert!(Instant::now() < deadline, "nginx {name} not listening on {port} after {START_TIMEOUT:?}");
             thread::sleep(Duration::from_millis(10));
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from((listen_ip, port));
         Bound::Up(Nginx { proc, addr, name: name.to_string(), big_path, dir })
     }
 
