@@ -1,0 +1,141 @@
+//! Reload in place (issue 10 §2), what a reload does to what is already running: a removed
+//! listener closes while its live sessions go on, a new bind that fails rejects the whole file,
+//! live sessions keep the timeouts they started with, servers a reload adds are probed at once,
+//! and the reload metrics say what happened. (`e2e_reload.rs` has reloads under load, invalid
+//! files, `--plan` and the admin calls.)
+
+mod common;
+
+use common::*;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A conf with service `web` in front of `servers` (`NAME ADDR [options]` each); `binds` are its
+/// listen addresses, `extra` goes before it (globals) and `tail` after it (its own directives,
+/// or more services).
+fn conf(binds: &[&str], servers: &[String], extra: &str, tail: &str) -> String {
+    let mut c = format!("admin 127.0.0.1:0\nlog info\n{extra}service web\n");
+    for b in binds {
+        c.push_str(&format!("  bind {b}\n"));
+    }
+    for s in servers {
+        c.push_str(&format!("  server {s}\n"));
+    }
+    c + tail
+}
+
+fn metrics(admin: SocketAddr) -> String {
+    http_get(admin, "/metrics").1
+}
+
+fn reloads(admin: SocketAddr, result: &str) -> f64 {
+    metric(&metrics(admin), &format!("shunt_reloads_total{{result=\"{result}\"}}"))
+}
+
+/// Which name server a new connection reached.
+fn served_by(addr: SocketAddr) -> String {
+    String::from_utf8(read_all(&mut connect(addr))).unwrap()
+}
+
+/// Sends `bytes` and reads them back from an echo server.
+fn ping(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, bytes);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Listeners
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_removed_listener_refuses_new_connections_while_its_live_sessions_finish_byte_exact() {
+    const LEN: u64 = 32 << 20;
+    let echo = EchoServer::start();
+    // web keeps 127.0.0.1 and loses 127.0.0.2; service `gone` (127.0.0.3) goes whole.
+    let gone = format!("service gone\n  bind 127.0.0.3:0\n  server e {}\n", echo.addr);
+    let before = conf(&["127.0.0.1:0", "127.0.0.2:0"], &[format!("e {}", echo.addr)], "", &gone);
+    let mut shunt = start_shunt(&before);
+    let admin = shunt.admin();
+    let (kept, dropped, gone_addr) = (shunt.addrs("web")[0], shunt.addrs("web")[1], shunt.addr("gone"));
+    // Live sessions on both listeners that go away, bytes already through them.
+    let mut on_dropped = connect(dropped);
+    let mut on_gone = connect(gone_addr);
+    ping(&mut on_dropped, b"hello");
+    ping(&mut on_gone, b"hello");
+    shunt.reload(&conf(&["127.0.0.1:0"], &[format!("e {}", echo.addr)], "", ""));
+    wait_for(T, "the reload", || reloads(admin, "ok") == 1.0);
+    // The workers take the reload a moment after the supervisor counts it.
+    for (what, addr) in [("the removed bind of web", dropped), ("the removed service's bind", gone_addr)] {
+        wait_for(
+            T,
+            &format!("{what} ({addr}) to refuse connections"),
+            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+        );
+    }
+    ping(&mut connect(kept), b"the kept listener serves");
+    // Both sessions go on to their end, every byte both ways.
+    let a = std::thread::spawn(move || echo_transfer(on_dropped, 1, LEN));
+    let b = std::thread::spawn(move || echo_transfer(on_gone, 2, LEN));
+    a.join().unwrap().unwrap_or_else(|e| panic!("the session on web's removed bind: {e}"));
+    b.join().unwrap().unwrap_or_else(|e| panic!("the session on the removed service: {e}"));
+    // Three sessions: the two and the one on the kept listener. (`wait_all_logged` cannot
+    // tell: a removed service's accept count leaves /metrics with it.)
+    let lines = shunt.wait_sessions(3, T);
+    wait_for(T, "no live session", || metric(&metrics(admin), "shunt_active_connections") == 0.0);
+    let ended: Vec<&Session> = lines.iter().filter(|s| s.up == 5 + LEN).collect();
+    assert_eq!(ended.len(), 2, "two sessions logged with every byte: {lines:?}");
+    for s in ended {
+        assert!(s.code == "--" && s.down == 5 + LEN, "{}", s.raw);
+    }
+}
+
+#[test]
+fn a_reload_whose_new_bind_fails_is_rejected_whole_and_the_old_configuration_serves() {
+    let (a, b, c) = (name_server("a"), name_server("b"), name_server("c"));
+    // Held by the test: shunt's bind of this address must fail (address in use).
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let running = conf(&["127.0.0.1:0"], &[format!("a {}", a.addr), format!("b {}", b.addr)], "", "");
+    let mut shunt = start_shunt(&running);
+    let (addr, admin) = (shunt.addr("web"), shunt.admin());
+    let listening = shunt.sockets_in_state("LISTEN");
+    let status_before = status_json(admin);
+    // Everything changes: a global, a weight, a server removed and one added, a new service
+    // whose first bind works and whose second one cannot.
+    let next = conf(
+        &["127.0.0.1:0"],
+        &[format!("a {} weight 7", a.addr), format!("c {}", c.addr)],
+        "max_conns 7\n",
+        &format!("service more\n  bind 127.0.0.5:0\n  bind {taken_addr}\n  server c {}\n", c.addr),
+    );
+    shunt.write_conf(&next);
+    let (status, body) = http_post(admin, "/reload", None, b"");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains(&taken_addr.to_string()) && body.contains("in use"), "{body}");
+    assert!(body.contains("the running configuration stays"), "{body}");
+    let logged = shunt.wait_log("rejected, the running configuration stays", T);
+    assert!(logged.contains("reload: "), "{logged}");
+    shunt.wait_log(&format!("{taken_addr}"), T);
+    // SIGHUP takes the same path.
+    shunt.signal(libc::SIGHUP);
+    shunt.wait_log_count("rejected, the running configuration stays", 2, T);
+    let m = metrics(admin);
+    assert_eq!(metric(&m, "shunt_reloads_total{result=\"error\"}"), 2.0);
+    assert_eq!(metric(&m, "shunt_reloads_total{result=\"ok\"}"), 0.0);
+    // Nothing of the new file applies: same generation, hash, services, servers, weights, cap;
+    // the bind that worked was let go again.
+    let status = status_json(admin);
+    for key in ["generation", "config_hash", "max_connections", "services"] {
+        assert_eq!(status[key], status_before[key], "{key} changed:\n{status}");
+    }
+    assert_eq!(shunt.sockets_in_state("LISTEN"), listening, "the listeners are the old ones");
+    let served: Vec<String> = (0..6).map(|_| served_by(addr)).collect();
+    assert_eq!(served, ["a", "b", "a", "b", "a", "b"], "the old servers, the old weights");
+    assert_eq!(c.accepted(), 0, "the new server got nothing");
+    drop(taken);
+}
