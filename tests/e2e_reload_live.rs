@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -138,4 +138,57 @@ fn a_reload_whose_new_bind_fails_is_rejected_whole_and_the_old_configuration_ser
     assert_eq!(served, ["a", "b", "a", "b", "a", "b"], "the old servers, the old weights");
     assert_eq!(c.accepted(), 0, "the new server got nothing");
     drop(taken);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Live sessions keep their settings
+// ------------------------------------------------------------------------------------------------
+
+/// The session line of the client connection `s` (matched by its local port).
+fn session_of(shunt: &Shunt, s: &TcpStream) -> Session {
+    let port = s.local_addr().unwrap().port();
+    wait_some(T, &format!("the session line of client port {port}"), || {
+        shunt.sessions().into_iter().find(|l| l.port == port)
+    })
+}
+
+#[test]
+fn a_session_keeps_the_idle_timeout_it_started_with_and_new_ones_get_the_new_one() {
+    let echo = EchoServer::start();
+    let with_idle =
+        |idle: &str| conf(&["127.0.0.1:0"], &[format!("e {}", echo.addr)], "", &format!("  timeout idle {idle}\n"));
+    let mut shunt = start_shunt(&with_idle("30s"));
+    let (addr, admin) = (shunt.addr("web"), shunt.admin());
+    let mut old = connect(addr);
+    ping(&mut old, b"before");
+    shunt.reload(&with_idle("1s"));
+    wait_for(T, "the reload", || reloads(admin, "ok") == 1.0);
+    // Bytes move on the old session after the reload too: its timer is armed again, still with
+    // its own 30 s.
+    ping(&mut old, b"after");
+    let mut new = connect(addr);
+    ping(&mut new, b"new");
+    let idle_since = Instant::now();
+    // The new session is closed after about 1 s without a byte.
+    new.set_read_timeout(Some(T)).unwrap();
+    let end = new.read(&mut [0u8; 16]);
+    let idled = idle_since.elapsed();
+    assert!(
+        matches!(&end, Ok(0))
+            || matches!(&end, Err(e) if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut),
+        "the new session should have been closed: {end:?}"
+    );
+    assert!(idled > Duration::from_millis(800) && idled < Duration::from_secs(10), "closed after {idled:?}");
+    let line = session_of(&shunt, &new);
+    assert_eq!(line.code, "TD", "{}", line.raw);
+    // The old one has idled over three times the new value by now and still lives.
+    let waited = Duration::from_millis(3500).saturating_sub(idle_since.elapsed()).max(Duration::from_millis(100));
+    old.set_read_timeout(Some(waited)).unwrap();
+    match old.read(&mut [0u8; 16]) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {}
+        other => panic!("the old session ended after {:?} idle: {other:?}", idle_since.elapsed()),
+    }
+    old.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    ping(&mut old, b"still here");
+    assert_eq!(metric(&metrics(admin), "shunt_active_connections"), 1.0);
 }
