@@ -9,6 +9,8 @@ mod common;
 use common::*;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -191,4 +193,33 @@ fn a_session_keeps_the_idle_timeout_it_started_with_and_new_ones_get_the_new_one
     old.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     ping(&mut old, b"still here");
     assert_eq!(metric(&metrics(admin), "shunt_active_connections"), 1.0);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Health of servers a reload adds
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn servers_a_reload_adds_are_probed_at_once_not_after_the_check_interval() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let (a, b) = (health_server("a", healthy.clone()), health_server("b", healthy));
+    let dead = Refuser::new();
+    let check = "  check http GET /health expect 200 interval 60s rise 1 fall 1\n";
+    let mut shunt = start_shunt(&conf(&["127.0.0.1:0"], &[format!("a {}", a.addr)], "", check));
+    let admin = shunt.admin();
+    let servers = || status_json(admin)["services"][0]["servers"].clone();
+    wait_for(T, "a's first probe", || servers()[0]["checks"] == 1);
+    let added = [format!("a {}", a.addr), format!("b {}", b.addr), format!("c {}", dead.addr)];
+    shunt.reload(&conf(&["127.0.0.1:0"], &added, "", check));
+    let reloaded = Instant::now();
+    // Far sooner than the 60 s interval: a few seconds on a loaded machine.
+    let soon = Duration::from_secs(10);
+    wait_for(soon, "b probed (and up)", || {
+        let s = servers();
+        s[1]["checks"].as_u64() >= Some(1) && s[1]["last_check"]["ok"] == true && s[1]["state"] == "up"
+    });
+    wait_for(soon, "c probed and down", || servers()[2]["state"] == "down");
+    shunt.wait_log("server web/c is DOWN", soon);
+    eprintln!("new servers judged {:?} after the reload", reloaded.elapsed());
+    assert_eq!(servers()[0]["checks"], 1, "a kept server keeps its cadence: {}", servers());
 }
