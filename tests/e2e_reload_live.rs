@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -222,4 +222,67 @@ fn servers_a_reload_adds_are_probed_at_once_not_after_the_check_interval() {
     shunt.wait_log("server web/c is DOWN", soon);
     eprintln!("new servers judged {:?} after the reload", reloaded.elapsed());
     assert_eq!(servers()[0]["checks"], 1, "a kept server keeps its cadence: {}", servers());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Metrics
+// ------------------------------------------------------------------------------------------------
+
+/// The hash label of `shunt_config_info`.
+fn config_hash(metrics: &str) -> String {
+    let line = metrics.lines().find(|l| l.starts_with("shunt_config_info{hash=\"")).expect("shunt_config_info");
+    line["shunt_config_info{hash=\"".len()..].split('"').next().unwrap().to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn reload_metrics_count_each_result_and_move_the_time_generation_and_hash() {
+    let a = name_server("a");
+    let with_weight = |w: u32| conf(&["127.0.0.1:0"], &[format!("a {} weight {w}", a.addr)], "", "");
+    let mut shunt = start_shunt(&with_weight(1));
+    let admin = shunt.admin();
+    // (ok, error, last success, generation, hash)
+    let read = || {
+        let m = metrics(admin);
+        let get = |k: &str| metric(&m, k);
+        (
+            get("shunt_reloads_total{result=\"ok\"}"),
+            get("shunt_reloads_total{result=\"error\"}"),
+            get("shunt_reload_last_success_timestamp_seconds") as u64,
+            get("shunt_config_generation"),
+            config_hash(&m),
+        )
+    };
+    let (ok, err, last, generation, h1) = read();
+    assert_eq!((ok, err, last, generation), (0.0, 0.0, 0, 1.0));
+    // A good reload (SIGHUP).
+    let before = unix_now();
+    shunt.reload(&with_weight(2));
+    wait_for(T, "the reload", || read().0 == 1.0);
+    let (_, err, last1, generation, h2) = read();
+    assert_eq!((err, generation), (0.0, 2.0));
+    assert!(last1 >= before && last1 <= unix_now(), "last success {last1}, reload asked at {before}");
+    assert_ne!(h2, h1, "the weight changed, so does the hash");
+    let status = status_json(admin);
+    assert_eq!((status["generation"].as_u64(), status["config_hash"].as_str()), (Some(2), Some(h2.as_str())));
+    // A bad one (POST): counted as an error, nothing else moves.
+    shunt.write_conf(&with_weight(3).replace("  server a", "  sever a"));
+    assert_eq!(http_post(admin, "/reload", None, b"").0, 400);
+    assert_eq!(read(), (1.0, 1.0, last1, 2.0, h2.clone()));
+    // Another good one, a clock second later: the time moves forward.
+    wait_for(T, "the clock to pass the last reload's second", || unix_now() > last1);
+    shunt.write_conf(&with_weight(3));
+    assert_eq!(http_post(admin, "/reload", None, b"").0, 200);
+    let (ok, err, last2, generation, h3) = read();
+    assert_eq!((ok, err, generation), (2.0, 1.0, 3.0));
+    assert!(last2 > last1, "last success {last2}, before {last1}");
+    assert!(h3 != h1 && h3 != h2, "{h3} vs {h1}, {h2}");
+    // The hash is the settings' own: the first file again gives the first hash (a new generation).
+    shunt.reload(&with_weight(1));
+    wait_for(T, "the fourth reload", || read().0 == 3.0);
+    let (_, _, _, generation, h4) = read();
+    assert_eq!((generation, h4), (4.0, h1));
 }
