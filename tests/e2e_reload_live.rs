@@ -85,12 +85,13 @@ fn a_removed_listener_refuses_new_connections_while_its_live_sessions_finish_byt
     let b = std::thread::spawn(move || echo_transfer(on_gone, 2, LEN));
     a.join().unwrap().unwrap_or_else(|e| panic!("the session on web's removed bind: {e}"));
     b.join().unwrap().unwrap_or_else(|e| panic!("the session on the removed service: {e}"));
-    // Three sessions: the two and the one on the kept listener. (`wait_all_logged` cannot
-    // tell: a removed service's accept count leaves /metrics with it.)
-    let lines = shunt.wait_sessions(3, T);
+    // (Matched by their byte counts: the refusal checks above may have got through to shunt
+    // before the reload reached its worker, and left sessions of their own.)
+    let ended = wait_some(T, "both sessions logged", || {
+        let both: Vec<Session> = shunt.sessions().into_iter().filter(|s| s.up == 5 + LEN).collect();
+        (both.len() == 2).then_some(both)
+    });
     wait_for(T, "no live session", || metric(&metrics(admin), "shunt_active_connections") == 0.0);
-    let ended: Vec<&Session> = lines.iter().filter(|s| s.up == 5 + LEN).collect();
-    assert_eq!(ended.len(), 2, "two sessions logged with every byte: {lines:?}");
     for s in ended {
         assert!(s.code == "--" && s.down == 5 + LEN, "{}", s.raw);
     }
