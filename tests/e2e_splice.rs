@@ -1,6 +1,7 @@
 //! splice(2) is really used: the release binary runs under `strace -c` while a 20 MiB echo goes
 //! through it, and the syscall counts say how the bytes moved (splice for `splice on`/`always`,
-//! read/write-style calls for `splice off`).
+//! read/write-style calls for `splice off`); and shunt run as an unprivileged user past its
+//! pipe limit gets smaller pipes, warns once and still delivers every byte.
 
 mod common;
 
@@ -120,4 +121,94 @@ fn splice_off_never_splices() {
     let copies: u64 = BYTE_MOVERS.iter().map(|n| counts.get(*n).copied().unwrap_or(0)).sum();
     // 40 MiB through 16 KiB buffers, in and out.
     assert!(copies >= 2 * 40 * 64, "the copy path moved the bytes: {counts:?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Pipes past an unprivileged user's limit
+// ------------------------------------------------------------------------------------------------
+
+/// `setpriv` in front of shunt: it runs as `nobody`, without capabilities, so the kernel's
+/// per-user pipe limit applies (root here has CAP_SYS_ADMIN, which lifts it).
+const AS_NOBODY: [&str; 4] = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+
+#[test]
+fn pipes_past_the_users_soft_limit_come_smaller_and_shunt_warns_once_and_delivers_every_byte() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    // shunt asks for 256 KiB (64 pages) per pipe; past fs.pipe-user-pages-soft a user's new pipes
+    // get 2 pages and F_SETPIPE_SZ fails. 64 sessions more than the limit holds, each of them
+    // holding a pipe at once.
+    let soft: usize = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft").unwrap().trim().parse().unwrap();
+    assert!(soft > 0, "fs.pipe-user-pages-soft is 0 (no limit): nothing to test");
+    let sessions = soft / 64 + 64;
+    const LEN: u64 = 4 * MIB;
+    // The server accepts but reads nothing until told, with a small receive buffer: every
+    // session's bytes pile up in shunt, in its pipe.
+    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    listener.listen(1024).unwrap();
+    let listener: TcpListener = listener.into();
+    let server_addr = listener.local_addr().unwrap();
+    let accepted: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let acceptor = {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            for _ in 0..sessions {
+                accepted.lock().unwrap().push(listener.accept().unwrap().0);
+            }
+        })
+    };
+    let mut shunt = start_shunt_wrapped(
+        &AS_NOBODY,
+        &format!(
+            "admin 127.0.0.1:0\nlog info\nservice s\n  bind 127.0.0.1:0\n  server b {server_addr}\n  splice always\n"
+        ),
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", shunt.pid())).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534\t")), "shunt runs as nobody:\n{status}");
+    let (addr, admin) = (shunt.addr("s"), shunt.admin());
+    // Each client sends its seed, then LEN bytes of its stream, then FIN, and waits for the
+    // server's FIN.
+    let clients: Vec<_> = (0..sessions as u64)
+        .map(|seed| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = connect(addr);
+                c.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+                c.set_write_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+                c.write_all(&seed.to_be_bytes()).map_err(|e| e.to_string())?;
+                write_pattern(&mut c, seed, LEN).map_err(|e| format!("client {seed}: {e}"))?;
+                c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+                let mut rest = Vec::new();
+                c.read_to_end(&mut rest).map_err(|e| format!("client {seed}: {e}"))?;
+                Ok(())
+            })
+        })
+        .collect();
+    acceptor.join().unwrap();
+    let pipes = || metric(&http_get(admin, "/metrics").1, "shunt_worker_pipes{worker=\"0\"}") as usize;
+    wait_for(std::time::Duration::from_secs(60), &format!("{sessions} pipes held at once"), || pipes() >= sessions);
+    let warned = shunt.wait_log("pipes get ", T);
+    assert!(warned.contains("pipes get 8192 bytes, not the 262144 asked for"), "{warned}");
+    // Now the server reads: every byte of every stream, in order.
+    let readers: Vec<_> = std::mem::take(&mut *accepted.lock().unwrap())
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || -> Result<(), String> {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+                let mut seed = [0u8; 8];
+                s.read_exact(&mut seed).map_err(|e| format!("the seed: {e}"))?;
+                let seed = u64::from_be_bytes(seed);
+                expect_pattern(&mut s, seed, LEN).map_err(|e| format!("stream {seed}: {e}"))?;
+                s.shutdown(Shutdown::Write).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let failed: Vec<String> = readers.into_iter().chain(clients).filter_map(|t| t.join().unwrap().err()).collect();
+    assert!(failed.is_empty(), "{} failures: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    let lines = shunt.wait_all_logged(std::time::Duration::from_secs(60));
+    assert_eq!(lines.len(), sessions);
+    assert!(lines.iter().all(|s| s.code == "--" && s.up == 8 + LEN), "{:?}", lines.iter().find(|s| s.up != 8 + LEN));
+    assert_eq!(shunt.log_lines("pipes get ").len(), 1, "warned once");
 }

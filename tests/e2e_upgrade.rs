@@ -1,6 +1,8 @@
 //! Binary upgrade (issue 10 §4): under `Connection: close` load nothing fails; a long echo
 //! stream and an iperf3 run that straddle the upgrade finish byte-exact; the old process exits;
-//! a new binary that cannot start leaves the old one serving; the same upgrade twice in a row.
+//! a new binary that cannot start leaves the old one serving; the same upgrade twice in a row;
+//! a session that cannot move (mid-connect) finishes in the old process, which exits after it;
+//! a new binary that never says ready is stopped after the ready timeout while nothing fails.
 //!
 //! Each test runs its own copy of the shunt binary from its own directory: an upgrade starts
 //! the executable at the running one's path, and a test swaps what is there.
@@ -215,8 +217,8 @@ fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
     let (status, body) = http_post(admin, "/upgrade", None, b"");
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("keeps serving") && body.contains("exit status: 1"), "{body}");
-    // A binary that hangs: stopped after the ready timeout would take 30 s; one that is not
-    // even executable is refused at once.
+    // One that is not even executable is refused at once. (One that hangs is stopped after
+    // the 30 s ready timeout: its own test below.)
     put(&bin, b"not a program");
     let (status, body) = http_post(admin, "/upgrade", None, b"");
     assert_eq!(status, 500, "{body}");
@@ -242,4 +244,93 @@ fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
     live.write_all(b"moved!").unwrap();
     live.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"moved!");
+}
+
+/// Echoes every connection `listener` accepts, each on a thread of its own, until the client's
+/// FIN (then a FIN back).
+fn echo_on(listener: std::net::TcpListener) {
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+#[test]
+fn a_session_still_connecting_finishes_in_the_old_process_which_exits_after_it() {
+    const LEN: u64 = 8 << 20;
+    // The server does not answer the SYN yet: the session is mid-connect, which cannot move.
+    let hole = BlackHole::new();
+    let dir = TempDir::new("upgrade");
+    let bin = binary_in(&dir);
+    let conf = format!(
+        "admin 127.0.0.1:0\ndrain_timeout 120s\nservice web\n  bind 127.0.0.1:0\n  timeout connect 60s\n  server e {}\n",
+        hole.addr
+    );
+    let mut shunt = start_shunt_with(&bin, &conf, &[]);
+    let (addr, admin) = (shunt.addr("web"), shunt.admin());
+    let mut client = connect(addr);
+    client.set_read_timeout(Some(T)).unwrap();
+    client.write_all(b"hello").unwrap();
+    wait_for(T, "the session connecting", || metric(&http_get(admin, "/metrics").1, "shunt_active_connections") == 1.0);
+    let (_new, _guard) = upgrade(&mut shunt, 1);
+    let line = shunt.wait_log("upgrade: pid ", T);
+    assert!(line.contains("took over 1 listener(s) and 0 established session(s)"), "{line}");
+    // The old process waits for its session.
+    assert!(shunt.is_running(), "the old process left its connecting session");
+    echo_on(hole.open());
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).expect("the echo, through the old process");
+    assert_eq!(&back, b"hello");
+    assert!(shunt.is_running(), "the old process left a streaming session");
+    echo_transfer(client, 7, LEN).unwrap_or_else(|e| panic!("the session that stayed: {e}"));
+    // It ended: the old process goes too.
+    let status = shunt.wait_timeout(T).expect("the old process exits once its session ended");
+    assert!(status.success(), "{}", Proc::describe(status));
+    let ended = shunt.sessions();
+    assert!(
+        ended.iter().any(|s| s.code == "--" && s.up == 5 + LEN && s.down == 5 + LEN),
+        "the session's line, every byte: {ended:?}"
+    );
+}
+
+#[test]
+fn a_new_binary_that_never_says_ready_is_stopped_after_the_ready_timeout_and_nothing_fails() {
+    let nginx = Nginx::start("n1");
+    let dir = TempDir::new("upgrade");
+    let bin = binary_in(&dir);
+    let conf = format!("admin 127.0.0.1:0\nservice web\n  bind 127.0.0.1:0\n  server a {}\n", nginx.addr);
+    let mut shunt = start_shunt_with(&bin, &conf, &[]);
+    let (addr, admin, pid) = (shunt.addr("web"), shunt.admin(), shunt.pid());
+    let checker = Checker::start(addr);
+    wait_for(T, "requests flowing", || checker.ok() > 20);
+    // It starts, holds the hand-over socket and never answers.
+    put(&bin, b"#!/bin/sh\nexec sleep 300\n");
+    shunt.signal(libc::SIGUSR2);
+    let started = Instant::now();
+    let answered = checker.ok();
+    // The ready timeout is 30 s.
+    let line = shunt.wait_log("upgrade failed, this process keeps serving", Duration::from_secs(90));
+    let waited = started.elapsed();
+    assert!(line.contains("not ready within 30s"), "{line}");
+    let (checked, failures) = checker.finish();
+    eprintln!("the upgrade gave up after {waited:?}; {} requests served meanwhile", checked - answered);
+    assert!(failures.is_empty(), "{} of {checked} checked requests failed: {failures:?}", failures.len());
+    assert!(checked - answered > 100, "requests were served during the wait: {}", checked - answered);
+    // The hung process was stopped; this one serves, and can change again.
+    let hung: u32 = line.split("the new process ").nth(1).unwrap().split([' ', ')']).next().unwrap().parse().unwrap();
+    wait_for(T, "the hung process gone", || !alive(hung));
+    assert_eq!(shunt.pid(), pid);
+    assert!(shunt.is_running());
+    assert_eq!(http_post(admin, "/reload", None, b"").0, 200, "reloads are possible again");
+    assert_eq!(http_get(addr, "/").0, 200);
 }

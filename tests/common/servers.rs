@@ -255,8 +255,8 @@ impl Refuser {
 /// A listener whose accept queue is full: further SYNs are dropped, so connects to it hang like
 /// connects to a black-holed host. Held open while this lives.
 pub struct BlackHole {
-    _listener: Socket,
-    _filler: TcpStream,
+    listener: Socket,
+    filler: TcpStream,
     pub addr: SocketAddr,
 }
 
@@ -271,6 +271,14 @@ impl BlackHole {
         // machine can only make this connect slower, never make it succeed.)
         let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
         assert!(probe.is_err(), "accept queue not full, cannot simulate a black hole");
-        BlackHole { _listener: s, _filler: filler, addr }
+        BlackHole { listener: s, filler, addr }
+    }
+
+    /// The server comes to life: the filler goes (its connection is the first one accepted,
+    /// and reads EOF) and the listener is returned, so connects whose SYN the kernel dropped
+    /// complete at their next retransmission (1, 3, 7... s after the first SYN).
+    pub fn open(self) -> TcpListener {
+        drop(self.filler);
+        self.listener.into()
     }
 }
