@@ -138,6 +138,7 @@ fn bad_headers_close_their_connection_only_counted_by_reason() {
     );
     let mut shunt = start_shunt(&conf);
     let addr = shunt.addr("web");
+    let fds0 = shunt.fd_count();
     // A good session streams through all of it.
     let mut live = connect(addr);
     live.write_all(b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n").unwrap();
@@ -183,6 +184,9 @@ fn bad_headers_close_their_connection_only_counted_by_reason() {
     assert_eq!(proxy_metrics(&shunt), (1.0, [1.0, 1.0, malformed, 2.0]));
     assert_eq!(echo.accepted(), 1, "no server connection for a client without a good header");
     wait_for(T, "no session left", || status_json(shunt.admin())["active_connections"] == 0);
+    // The fault suite's invariants: nothing half-closed left, descriptors back (pooled pipes aside).
+    assert_eq!(shunt.sockets_in_state("CLOSE_WAIT"), 0);
+    wait_for(T, "descriptors back", || shunt.fd_count() <= fds0 + 4);
 }
 
 #[test]
