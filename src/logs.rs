@@ -81,6 +81,8 @@ pub enum Cause {
     /// Refused by an `allow`/`deny` rule or a per-source limit once its PROXY header said who
     /// the client is (refusals at accept close the connection before it is a session).
     Denied,
+    /// Its server went down and the service says `on_down close`.
+    ServerDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,7 @@ pub fn term_code(cause: Cause, phase: Phase) -> [char; 2] {
         Cause::Killed => 'K',
         Cause::BadHandshake => 'H',
         Cause::Denied => 'P',
+        Cause::ServerDown => 'D',
     };
     let when = match phase {
         Phase::Handshake => 'H',

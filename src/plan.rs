@@ -180,6 +180,8 @@ fn service_fields(o: &Service, s: &Service) -> Vec<String> {
     let cap = |m: Option<usize>| m.map_or("none".into(), |m| m.to_string());
     cmp("max_conns", cap(o.max_conns), cap(s.max_conns));
     cmp("splice", format!("{:?}", o.splice).to_lowercase(), format!("{:?}", s.splice).to_lowercase());
+    let on_down = |s: &Service| if s.on_down_close { "close" } else { "keep" }.to_string();
+    cmp("on_down", on_down(o), on_down(s));
     f
 }
 

@@ -479,7 +479,7 @@ impl Session {
             Cause::ServerAbort | Cause::NoServer | Cause::Resource | Cause::ConnectTimeout | Cause::Denied => {
                 (true, false)
             }
-            Cause::Killed => (true, true),
+            Cause::Killed | Cause::ServerDown => (true, true),
             // A failed handshake ends with rustls' alert, then a FIN.
             Cause::Normal | Cause::IdleTimeout | Cause::BadHandshake => (false, false),
         };

@@ -76,6 +76,8 @@ pub struct ServiceSnapshot {
     pub refused_no_server: u64,
     /// Times accepting paused at a connection cap.
     pub limit_pauses: u64,
+    /// Sessions closed because their server went down (`on_down close`).
+    pub closed_on_down: u64,
     pub session_duration: HistogramSnapshot,
     pub servers: Vec<ServerSnapshot>,
     /// For a TLS service: its handshakes and sessions.
@@ -160,6 +162,7 @@ pub fn take(stats: &Stats) -> Snapshot {
                 refused_limit: 0,
                 refused_no_server: 0,
                 limit_pauses: 0,
+                closed_on_down: 0,
                 session_duration: HistogramSnapshot::default(),
                 servers: Vec::new(),
                 // A service that peeks ClientHellos for `route sni` counts their failures too.
@@ -175,6 +178,7 @@ pub fn take(stats: &Stats) -> Snapshot {
                 s.refused_limit += c.refused_limit.get();
                 s.refused_no_server += c.refused_no_server.get();
                 s.limit_pauses += c.limit_pauses.get();
+                s.closed_on_down += c.closed_on_down.get();
                 c.session_duration.sum_into(&mut s.session_duration);
                 if let Some(t) = &mut s.tls {
                     t.handshakes_ok += c.tls_ok.get();

@@ -57,3 +57,8 @@ fn client_hello_corpus_replays_clean() {
 fn proxy_header_corpus_replays_clean() {
     replay("proxy_header", checks::proxy_header);
 }
+
+#[test]
+fn redis_reply_corpus_replays_clean() {
+    replay("redis_reply", checks::redis_reply);
+}

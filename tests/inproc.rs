@@ -146,6 +146,7 @@ fn http_check_takes_server_down_and_rise_brings_it_back() {
         rise: 3,
         fall: 2,
         port: None,
+        line: 0,
     };
     let (r, addr) = start(config(vec![svc]));
     let up = |r: &shunt::Running| r.stats.current().servers[0][0].up.load(Ordering::Relaxed);
@@ -455,6 +456,7 @@ fn health_probes_leave_no_time_wait_on_the_balancer() {
         rise: 1,
         fall: 1,
         port: None,
+        line: 0,
     };
     let (r, _) = start(config(vec![svc]));
     let checks = || r.stats.current().servers[0][0].checks.load(Ordering::Relaxed);

@@ -156,3 +156,22 @@ pub fn proxy_header(data: &[u8]) {
         }
     }
 }
+
+/// Replies to a `check redis` probe (`AUTH`, then `INFO replication`): the judge never panics,
+/// decides every reply at EOF, and a prefix it decides is decided as the whole is (the probe
+/// judges after every read). The first byte picks whether `AUTH` was sent and which role is
+/// asked for.
+pub fn redis_reply(data: &[u8]) {
+    use shunt::config::RedisRole;
+    use shunt::health::redis::judge;
+    let Some((&pick, reply)) = data.split_first() else { return };
+    let auth = pick & 1 == 1;
+    let role = [None, Some(RedisRole::Master), Some(RedisRole::Replica)][usize::from(pick >> 1) % 3];
+    let whole = judge(reply, auth, role, false);
+    assert!(judge(reply, auth, role, true).is_some(), "undecided at EOF");
+    for cut in [reply.len() / 3, reply.len() / 2, reply.len().saturating_sub(1)] {
+        if let Some(early) = judge(&reply[..cut], auth, role, false) {
+            assert_eq!(Some(early), whole, "decided on {cut} bytes, then changed");
+        }
+    }
+}

@@ -51,7 +51,8 @@ pub fn status(snap: &Snapshot) -> String {
         let _ = write!(
             o,
             "{{\"name\":{},\"listeners\":[{}],\"balance\":{},\"active_connections\":{},\"accepted\":{},\
-             \"refused\":{{\"acl\":{},\"per_ip\":{},\"limit\":{},\"no_server\":{}}},\"limit_pauses\":{},             \"per_ip\":{{\"live_sources\":{},\"live_connections\":{}}},\"servers\":[",
+             \"refused\":{{\"acl\":{},\"per_ip\":{},\"limit\":{},\"no_server\":{}}},\"limit_pauses\":{},\"closed_on_down\":{},\
+             \"per_ip\":{{\"live_sources\":{},\"live_connections\":{}}},\"servers\":[",
             string(&s.name),
             listeners.join(","),
             string(s.balance),
@@ -62,6 +63,7 @@ pub fn status(snap: &Snapshot) -> String {
             s.refused_limit,
             s.refused_no_server,
             s.limit_pauses,
+            s.closed_on_down,
             s.per_ip.live_sources,
             s.per_ip.live_conns
         );

@@ -215,6 +215,10 @@ pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> S
         }
     }
 
+    o.family(SERVICE_CLOSED_ON_DOWN, "counter", "Sessions closed because their server went down (on_down close).");
+    for s in &snap.services {
+        o.sample(SERVICE_CLOSED_ON_DOWN, &svc_labels(&s.name), s.closed_on_down);
+    }
     let proxied = || snap.services.iter().filter_map(|s| Some((s, s.proxy.as_ref()?)));
     o.family(PROXY_HEADERS, "counter", "PROXY headers read on accept_proxy binds.");
     for (s, (ok, _)) in proxied() {

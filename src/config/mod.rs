@@ -6,8 +6,10 @@
 
 mod lexer;
 mod parse;
+mod parse_check;
 mod parse_tls;
 mod render;
+mod secrets;
 
 pub use parse::{load, parse_bytes, parse_bytes_offline};
 pub use render::{
@@ -80,6 +82,8 @@ pub struct Service {
     pub queue_timeout: Duration,
     /// `splice on|off|always`: how plain TCP moves (see [`Splice`]).
     pub splice: Splice,
+    /// `on_down close`: a server going down takes its live sessions with it (reset both ways).
+    pub on_down_close: bool,
     /// `tls ...` lines: TLS is terminated for this service's clients. `None`: plain TCP.
     pub tls: Option<Tls>,
     /// `route sni PATTERN SERVICE` lines, in file order (the first match wins).
@@ -317,6 +321,8 @@ pub struct Check {
     pub fall: u32,
     /// Probe this port instead of the server's.
     pub port: Option<u16>,
+    /// The `check` line (0 without one).
+    pub line: usize,
 }
 
 impl Default for Check {
@@ -328,6 +334,7 @@ impl Default for Check {
             rise: 2,
             fall: 3,
             port: None,
+            line: 0,
         }
     }
 }
@@ -343,6 +350,33 @@ pub enum CheckKind {
     Send { send: Vec<u8>, expect: Vec<u8> },
     /// An HTTP/1.1 request; the status must match.
     Http { method: String, path: String, expect: StatusMatch },
+    /// RESP: `AUTH` when a password file is given, then `INFO replication`; the role must match.
+    Redis { role: Option<RedisRole>, password: Option<Secret> },
+}
+
+/// `check redis role master|replica`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisRole {
+    Master,
+    Replica,
+}
+
+impl RedisRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisRole::Master => "master",
+            RedisRole::Replica => "replica",
+        }
+    }
+}
+
+/// A password file (`password FILE`): its path as written, and, once the configuration is
+/// loaded (`config::load`), the words of its first line. The words never leave the process:
+/// `GET /config` shows the file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub path: PathBuf,
+    pub words: Vec<String>,
 }
 
 /// `expect 200` or `expect 2xx`.
@@ -419,6 +453,7 @@ impl Config {
                         CheckKind::Tcp => "tcp",
                         CheckKind::Send { .. } => "send/expect",
                         CheckKind::Http { .. } => "http",
+                        CheckKind::Redis { .. } => "redis",
                     }
                 )
             })

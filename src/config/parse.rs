@@ -28,11 +28,19 @@ use super::{
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log", "user"];
 /// Directives that are global before the first service and the service's own inside one.
 const BOTH: &[&str] = &["max_conns", "allow", "deny", "max_conns_per_ip", "rate_per_ip"];
-const SERVICE_ONLY: &[&str] =
-    &["bind", "balance", "server", "check", "retries", "timeout", "splice", "tls", "route", "proxy_protocol"];
-/// Names DESIGN.md keeps for later work: refused by name, so a conf written for a newer shunt fails
-/// loudly instead of running without its ACLs or TLS.
-const RESERVED: &[&str] = &["on_down"];
+const SERVICE_ONLY: &[&str] = &[
+    "bind",
+    "balance",
+    "server",
+    "check",
+    "retries",
+    "timeout",
+    "splice",
+    "tls",
+    "route",
+    "proxy_protocol",
+    "on_down",
+];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -52,7 +60,10 @@ pub(super) type Res<T> = Result<T, String>;
 /// Reads `path` and parses it; an unreadable file is one error on line 0.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     match std::fs::read(path) {
-        Ok(bytes) => parse_bytes(&bytes, path),
+        Ok(bytes) => parse_bytes(&bytes, path).and_then(|mut c| {
+            super::secrets::read(&mut c)?;
+            Ok(c)
+        }),
         Err(e) => Err(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -152,6 +163,7 @@ impl Block {
                 max_conns: None,
                 queue_timeout: Duration::from_secs(5),
                 splice: Splice::Auto,
+                on_down_close: false,
                 tls: None,
                 routes: Vec::new(),
                 acl: Acl::default(),
@@ -211,12 +223,6 @@ impl Parser {
     }
 
     fn directive(&mut self, kw: &str, a: &[Token], n: usize) -> Res<()> {
-        if RESERVED.contains(&kw) {
-            return Err(format!(
-                "{} is not supported yet: remove it (the name is reserved for a later version)",
-                show(kw)
-            ));
-        }
         if kw == "service" {
             return self.service(a, n).map_err(|e| format!("service: {e}"));
         }
@@ -434,7 +440,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
             once(&mut b.seen, kw, n).and_then(|()| per_source(&mut b.svc.per_source, kw, a))
         }
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
-            b.svc.check = check(a)?;
+            b.svc.check = Check { line: n, ..check(a)? };
             Ok(())
         }),
         "proxy_protocol" => once(&mut b.seen, kw, n).and_then(|()| {
@@ -445,7 +451,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
             });
             Ok(())
         }),
-        "balance" | "retries" | "max_conns" | "splice" => {
+        "balance" | "retries" | "max_conns" | "splice" | "on_down" => {
             once(&mut b.seen, kw, n).and_then(|()| set_policy(&mut b.svc, kw, a))
         }
         _ => return Err(unknown(kw, Some(&b.svc.name))),
@@ -473,6 +479,13 @@ fn set_policy(svc: &mut Service, kw: &str, a: &[Token]) -> Res<()> {
                 "always" => Splice::Always,
                 "off" => Splice::Off,
                 v => return Err(choice("value", v, &["on", "off", "always"])),
+            }
+        }
+        "on_down" => {
+            svc.on_down_close = match one(a, "on_down keep|close")? {
+                "keep" => false,
+                "close" => true,
+                v => return Err(choice("value", v, &["keep", "close"])),
             }
         }
         _ => return Err(unknown(kw, Some(&svc.name))),
@@ -630,13 +643,14 @@ fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     Ok(())
 }
 
-fn check(a: &[Token]) -> Res<Check> {
+pub(super) fn check(a: &[Token]) -> Res<Check> {
     let Some(kind) = a.first() else {
         return Err(arity("check tcp|send|http ... [interval D] [timeout D] [rise N] [fall N] [port N]"));
     };
     let is_expect = |t: &Token| t.bytes == b"expect";
     let (kind, opts) = match text(kind)? {
         "tcp" => (CheckKind::Tcp, &a[1..]),
+        "redis" => super::parse_check::redis(&a[1..])?,
         "send" => match a {
             [_, send, e, expect, rest @ ..] if is_expect(e) => {
                 if expect.bytes.is_empty() {
@@ -658,7 +672,7 @@ fn check(a: &[Token]) -> Res<Check> {
             }
             _ => return Err(arity("check http METHOD PATH expect STATUS [options]")),
         },
-        k => return Err(choice("kind", k, &["tcp", "send", "http"])),
+        k => return Err(choice("kind", k, &["tcp", "send", "http", "redis"])),
     };
     let mut c = Check { kind, ..Check::default() };
     options(opts, |opt, it| {

@@ -103,6 +103,7 @@ service s
         Server { backup: true, ..srv("spare", "127.0.0.1:9003", 15) },
     ];
     web.check.kind = CheckKind::Tcp;
+    web.check.line = 16;
     web.retries = 2;
     web.timeouts.connect = Duration::from_secs(2);
     let binds = [(addr("127.0.0.1:6380"), 21), (addr("[::1]:6380"), 22), (addr("0.0.0.0:0"), 23)];
@@ -116,7 +117,7 @@ service s
     ];
     let kind = CheckKind::Send { send: b"PING\r\n".to_vec(), expect: b"+PONG\0".to_vec() };
     let (interval, timeout) = (Duration::from_millis(250), Duration::from_secs(5));
-    cache.check = Check { kind, interval, timeout, rise: 1, fall: 10, port: Some(6400) };
+    cache.check = Check { kind, interval, timeout, rise: 1, fall: 10, port: Some(6400), line: 27 };
     cache.retries = 0;
     cache.timeouts = Timeouts {
         connect: Duration::from_millis(100),
@@ -132,11 +133,13 @@ service s
     api.servers = vec![srv("a", "10.0.0.1:80", 39)];
     let (method, path, expect) = ("GET".into(), "/health?x=1".into(), StatusMatch::Class(2));
     api.check.kind = CheckKind::Http { method, path, expect };
+    api.check.line = 40;
     let mut s = svc("s", 41, &[(ListenAddr::Any(82), 42)]);
     s.balance = Balance::Source;
     s.servers = vec![srv("b", "10.0.0.2:1", 44)];
     let (method, path, expect) = ("HEAD".into(), "/".into(), StatusMatch::Exact(204));
     s.check.kind = CheckKind::Http { method, path, expect };
+    s.check.line = 45;
     s.check.interval = Duration::from_secs(300);
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -195,6 +198,7 @@ fn defaults() {
         acl: crate::acl::Acl::default(),
         per_source: crate::limits::PerSource::default(),
         proxy_protocol: None,
+        on_down_close: false,
     };
     let want = Config {
         path: PathBuf::from("t.conf"),
@@ -448,8 +452,12 @@ error_cases! {
         => 2, r#"bind: unknown option "accept-proxy": expected accept_proxy"#;
     user_name_with_a_slash: "user ../root\nservice web\nbind *:0\nserver a 127.0.0.1:1\n"
         => 1, r#"user: "../root" is not a user name (letters, digits, _ - ., at most 32)"#;
-    reserved_directive: ok!(+ "on_down close\n")
-        => 4, r#""on_down" is not supported yet: remove it (the name is reserved for a later version)"#;
+    redis_role_unknown: ok!(+ "check redis role leader\n")
+        => 4, r#"unknown role "leader": expected one of master, replica"#;
+    redis_password_without_file: ok!(+ "check redis role master password\n")
+        => 4, r#"missing value after "password""#;
+    redis_role_twice: ok!(+ "check redis role master role replica\n") => 4, "role given twice";
+    on_down_value: ok!(+ "on_down drop\n") => 4, r#"on_down: unknown value "drop": expected one of keep, close"#;
     global_inside_a_service: ok!(+ "workers 2\n")
         => 4, "is a global directive: it must come before the first service (line 1)";
     service_directive_before_any_service: ok!("balance first\n" +)
@@ -561,4 +569,34 @@ error_cases! {
         => 3, "unterminated quote";
     broken_service_line_opens_a_service: ok!(+ "balance first\nservice \"api\nbalance first\n")
         => 5, "unterminated quote";
+}
+
+#[test]
+fn redis_checks_take_a_role_a_password_file_and_the_usual_options() {
+    let c = parse(ok!(+ "check redis password /etc/shunt/pw role master interval 1s port 6390\n")).unwrap();
+    let check = &c.services[0].check;
+    let password = Some(crate::config::Secret { path: PathBuf::from("/etc/shunt/pw"), words: Vec::new() });
+    assert_eq!(check.kind, CheckKind::Redis { role: Some(crate::config::RedisRole::Master), password });
+    assert_eq!((check.interval, check.port, check.line), (Duration::from_secs(1), Some(6390), 4));
+    let any = parse(ok!(+ "check redis\n")).unwrap();
+    assert_eq!(any.services[0].check.kind, CheckKind::Redis { role: None, password: None });
+}
+
+#[test]
+fn loading_reads_password_files_and_names_the_check_line_when_it_cannot() {
+    let dir = std::env::temp_dir().join(format!("shunt-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pw, conf) = (dir.join("pw"), dir.join("shunt.conf"));
+    std::fs::write(&pw, "app s3cret\r\nignored second line\n").unwrap();
+    std::fs::write(&conf, format!("{}check redis password {}\n", ok!(), pw.display())).unwrap();
+    let c = super::load(&conf).unwrap();
+    let CheckKind::Redis { password: Some(secret), .. } = &c.services[0].check.kind else { panic!() };
+    assert_eq!(secret.words, ["app", "s3cret"], "the first line, without its line ending");
+    std::fs::write(&pw, "\n").unwrap();
+    let e = super::load(&conf).unwrap_err();
+    assert_eq!((e[0].line, e[0].message.ends_with("its first line is empty")), (4, true), "{e:?}");
+    std::fs::remove_file(&pw).unwrap();
+    let e = super::load(&conf).unwrap_err();
+    assert!(e[0].to_string().contains("shunt.conf:4: check: password file"), "{e:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -65,6 +65,9 @@ pub fn render(c: &Config) -> String {
             Splice::Off => "off",
         };
         let _ = writeln!(o, "  splice {splice}");
+        if s.on_down_close {
+            o.push_str("  on_down close\n");
+        }
         if let Some(tls) = &s.tls {
             o.push_str(&tls_lines(tls));
         }
@@ -153,6 +156,16 @@ pub fn check(c: &Check) -> Option<String> {
             };
             format!("http {method} {path} expect {status}")
         }
+        CheckKind::Redis { role, password } => {
+            let mut k = "redis".to_string();
+            if let Some(r) = role {
+                let _ = write!(k, " role {}", r.name());
+            }
+            if let Some(p) = password {
+                let _ = write!(k, " password {}", quote(p.path.as_os_str().as_encoded_bytes()));
+            }
+            k
+        }
     };
     let mut line = format!(
         "check {kind} interval {} timeout {} rise {} fall {}",
@@ -219,6 +232,7 @@ mod tests {
             }
             s.binds.iter_mut().for_each(|b| b.line = 0);
             s.servers.iter_mut().for_each(|v| v.line = 0);
+            s.check.line = 0;
         }
         c
     }
@@ -241,7 +255,9 @@ mod tests {
              timeout handshake 3s\n tls cert a.pem key \"b c.key\"\n tls cert d.pem key e.key\n tls versions 1.3\n\
              tls alpn h2 http/1.1\n tls client_ca ca.pem\n\
              service r\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check send \"PING\\r\\n\\x00\\\"\\\\\" expect \"+PONG\\xff\"\n\
-             service t\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check tcp\n splice always\n",
+             service t\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check tcp\n splice always\n on_down close\n\
+             service k\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check redis role replica password \"/etc/r pw\" interval 1s\n\
+             service k2\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check redis\n",
         );
         for b in ["roundrobin", "leastconn", "first", "source"] {
             round_trip(&format!("service s\n bind 127.0.0.1:0\n balance {b}\n server x 127.0.0.1:3\n"));

@@ -7,6 +7,7 @@
 
 mod hysteresis;
 pub mod probe;
+pub mod redis;
 
 pub use hysteresis::Hysteresis;
 
@@ -139,7 +140,7 @@ impl HealthThread {
             let kept = old.iter().find(|t| t.server.id == server.id);
             self.targets.push(Target {
                 server: Arc::clone(server),
-                check: svc.check.clone(),
+                check: role_for(&svc.check, position.is_some_and(|j| svc.servers[j].backup)),
                 tls,
                 preamble: svc.proxy_protocol.map_or(Vec::new(), crate::proxy_protocol::local_header),
                 addr,
@@ -255,15 +256,16 @@ impl HealthThread {
         let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (ok, detail) = match &verdict {
             Verdict::Pass => (true, "ok".to_string()),
-            Verdict::Fail(why) => (false, why.clone()),
+            Verdict::Fail(why) | Verdict::WrongRole(why) => (false, why.clone()),
         };
+        let decisive = matches!(verdict, Verdict::WrongRole(_));
         debug!("health: {} probe {}: {detail} ({duration_us}us)", t.label, if ok { "passed" } else { "failed" });
         let shared = &t.server;
         shared.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut last) = shared.last_check.lock() {
             *last = CheckOutcome { ok: Some(ok), detail: detail.clone(), duration_us };
         }
-        self.record(i, ok, &detail);
+        self.record(i, ok, decisive, &detail);
     }
 
     fn passive_failure(&mut self, id: ServerId, reason: &str) {
@@ -271,14 +273,15 @@ impl HealthThread {
         if self.targets[i].admin == AdminState::Disabled {
             return;
         }
-        self.record(i, false, &format!("connect failed in traffic: {reason}"));
+        self.record(i, false, false, &format!("connect failed in traffic: {reason}"));
     }
 
-    fn record(&mut self, i: usize, ok: bool, reason: &str) {
+    /// One result; a `decisive` failure takes an up server down at once.
+    fn record(&mut self, i: usize, ok: bool, decisive: bool, reason: &str) {
         let t = &mut self.targets[i];
         let (rise, fall, interval) = (t.check.rise, t.check.fall, t.check.interval);
         let was_up = t.health.is_up();
-        let Some(up) = t.health.record(ok, rise, fall) else {
+        let Some(up) = t.health.record(ok, rise, if decisive { 1 } else { fall }) else {
             return;
         };
         if was_up && !up && t.probe.is_none() {
@@ -308,4 +311,15 @@ impl HealthThread {
             self.targets[i].next_due = Instant::now();
         }
     }
+}
+
+/// The check a server's probes run: its service's, except that a database role applies only to
+/// the regular servers; a `backup` passes in any role (a read service falls back to the
+/// primary when no replica is left).
+fn role_for(check: &Check, backup: bool) -> Check {
+    let mut check = check.clone();
+    if let (true, CheckKind::Redis { role, .. }) = (backup, &mut check.kind) {
+        *role = None;
+    }
+    check
 }

@@ -30,6 +30,10 @@ enum Stage {
 pub enum Verdict {
     Pass,
     Fail(String),
+    /// The server answered, and it is not what the check asks for (a database in the other
+    /// role): down at once, whatever `fall` says, since `fall` is there to ride out flaky
+    /// networks and this answer is no accident. Writes must not wait `fall` probes for it.
+    WrongRole(String),
 }
 
 pub struct Probe {
@@ -64,6 +68,7 @@ impl Probe {
                 "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shunt-health\r\nConnection: close\r\n\r\n"
             )
             .into_bytes(),
+            CheckKind::Redis { password, .. } => super::redis::request(password.as_ref().map_or(&[], |p| &p.words)),
         };
         let stage = Stage::Connecting;
         Ok(Probe { stream, started: now, deadline, stage, request, reply: Vec::new(), tls_config, tls: None, preamble })
@@ -190,6 +195,7 @@ pub fn judge(kind: &CheckKind, reply: &[u8], eof: bool) -> Option<Verdict> {
                 None
             }
         }
+        CheckKind::Redis { role, password } => super::redis::judge(reply, password.is_some(), *role, eof),
         CheckKind::Http { expect, .. } => match http_status(reply) {
             Some(Ok(status)) if expect.matches(status) => Some(Verdict::Pass),
             Some(Ok(status)) => Some(Verdict::Fail(format!("HTTP status {status}, expected {}", show(expect)))),

@@ -139,6 +139,8 @@ pub struct ServiceCounters {
     /// Times a listener of the service stopped accepting at a connection cap (global or the
     /// service's `max_conns`): clients then wait in the kernel backlog.
     pub limit_pauses: Counter,
+    /// Sessions closed because their server went down (`on_down close`).
+    pub closed_on_down: Counter,
     pub session_duration: Histogram,
     /// TLS handshakes completed.
     pub tls_ok: Counter,
@@ -164,6 +166,7 @@ impl Default for ServiceCounters {
             refused_limit: Counter::default(),
             refused_no_server: Counter::default(),
             limit_pauses: Counter::default(),
+            closed_on_down: Counter::default(),
             session_duration: Histogram::new(DURATION_BUCKETS),
             tls_ok: Counter::default(),
             tls_failed: crate::tls::FAILURE_REASONS.iter().map(|_| Counter::default()).collect(),

@@ -47,5 +47,6 @@ pub const TLS_HANDSHAKES: &str = "shunt_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "shunt_tls_handshake_failures_total";
 pub const TLS_HANDSHAKE_TIME: &str = "shunt_tls_handshake_seconds";
 pub const TLS_SESSIONS: &str = "shunt_tls_sessions_total";
+pub const SERVICE_CLOSED_ON_DOWN: &str = "shunt_service_sessions_closed_on_down_total";
 pub const PROXY_HEADERS: &str = "shunt_proxy_headers_total";
 pub const PROXY_HEADER_FAILURES: &str = "shunt_proxy_header_failures_total";

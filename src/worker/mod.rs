@@ -267,6 +267,9 @@ impl Worker {
                     if let Some(s) = self.server_mut(id) {
                         s.up = up;
                     }
+                    if !up {
+                        self.close_on_down(id, now);
+                    }
                 }
                 WorkerMsg::Admin { id, state } => {
                     if let Some(s) = self.server_mut(id) {
@@ -286,6 +289,28 @@ impl Worker {
                 }
                 WorkerMsg::Adopt(moved) => self.adopt(moved, now),
             }
+        }
+    }
+
+    /// `on_down close`: the server went down (by its probes, in traffic, or because its role
+    /// changed), so its live sessions end now, reset both ways, rather than let an application
+    /// go on writing to a demoted primary over an old connection.
+    fn close_on_down(&mut self, id: ServerId, now: Instant) {
+        let Some(pool) = self.pools.iter().position(|p| p.servers.iter().any(|v| v.rt.id == id)) else {
+            return;
+        };
+        if !self.generation.config.services[pool].on_down_close {
+            return;
+        }
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.closed && s.server.as_ref().is_some_and(|v| v.id == id))
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in doomed {
+            self.pools[pool].rt.counters[self.index].0.closed_on_down.add(1);
+            self.close(slot, Cause::ServerDown, now);
         }
     }
 

@@ -45,6 +45,7 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
         acl: shunt::acl::Acl::default(),
         per_source: shunt::limits::PerSource::default(),
         proxy_protocol: None,
+        on_down_close: false,
     }
 }
 

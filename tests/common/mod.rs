@@ -22,7 +22,7 @@
 //! - [`netns`]: network namespaces and threads inside them;
 //!
 //! and, used by name: [`certs`] (a private CA and the certificates it issues, made with the
-//! openssl CLI), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
+//! openssl CLI), [`redis`] (real Redis servers and redis-cli), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
 //! [`inproc`] (the balancer as a library in the test's process), [`topo`]
 //! (client, balancer and servers in namespaces joined by veth) and [`lab`] (the fault lab built
 //! on it: clients that check every byte, shunt's view, and the invariants every fault test
@@ -48,6 +48,7 @@ pub mod pattern;
 pub mod ports;
 pub mod proc;
 pub mod procfs;
+pub mod redis;
 pub mod servers;
 pub mod tls;
 pub mod topo;
