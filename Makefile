@@ -94,7 +94,7 @@ bench-quick:
 # with the input in fuzz/artifacts/<target>/. The corpora are also replayed by `make test`
 # (tests/fuzz_corpus.rs), which needs none of this.
 FUZZ_SECS ?= 60
-FUZZ_TARGETS ?= conf probe_reply admin_request upgrade_frame client_hello proxy_header redis_reply
+FUZZ_TARGETS ?= conf probe_reply admin_request upgrade_frame client_hello proxy_header redis_reply pgsql_reply
 
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -62,3 +62,8 @@ fn proxy_header_corpus_replays_clean() {
 fn redis_reply_corpus_replays_clean() {
     replay("redis_reply", checks::redis_reply);
 }
+
+#[test]
+fn pgsql_reply_corpus_replays_clean() {
+    replay("pgsql_reply", checks::pgsql_reply);
+}

@@ -175,3 +175,26 @@ pub fn redis_reply(data: &[u8]) {
         }
     }
 }
+
+/// What a server answers a `check pgsql` probe, in pieces: the dialog never panics, never keeps
+/// more than it was given, and whatever it decides, it decides once (the probe stops there). The
+/// first byte picks the password, the role, and where the bytes are cut.
+pub fn pgsql_reply(data: &[u8]) {
+    use shunt::config::PgRole;
+    use shunt::health::pgsql::{Dialog, Step};
+    let Some((&pick, reply)) = data.split_first() else { return };
+    let role = [None, Some(PgRole::Primary), Some(PgRole::Standby)][usize::from(pick & 3) % 3];
+    let password = (pick & 4 != 0).then_some("pw");
+    let mut dialog = Dialog::new("app", password, role);
+    let mut buf = Vec::new();
+    let step = usize::from(pick >> 3).max(1);
+    for chunk in reply.chunks(step) {
+        buf.extend_from_slice(chunk);
+        let held = buf.len();
+        match dialog.feed(&mut buf) {
+            Step::Wait | Step::Send(_) => assert!(buf.len() <= held),
+            Step::Done(..) => return,
+        }
+    }
+    let _ = dialog.closed();
+}

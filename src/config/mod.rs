@@ -352,6 +352,24 @@ pub enum CheckKind {
     Http { method: String, path: String, expect: StatusMatch },
     /// RESP: `AUTH` when a password file is given, then `INFO replication`; the role must match.
     Redis { role: Option<RedisRole>, password: Option<Secret> },
+    /// The PostgreSQL protocol: log in as `user`, then `SELECT pg_is_in_recovery()`.
+    Pgsql { user: String, password: Option<Secret>, dbname: Option<String>, role: Option<PgRole> },
+}
+
+/// `check pgsql role primary|standby`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgRole {
+    Primary,
+    Standby,
+}
+
+impl PgRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            PgRole::Primary => "primary",
+            PgRole::Standby => "standby",
+        }
+    }
 }
 
 /// `check redis role master|replica`.
@@ -371,12 +389,12 @@ impl RedisRole {
 }
 
 /// A password file (`password FILE`): its path as written, and, once the configuration is
-/// loaded (`config::load`), the words of its first line. The words never leave the process:
-/// `GET /config` shows the file name.
+/// loaded (`config::load`), its first line without the line ending. The secret never leaves the
+/// process: `GET /config` shows the file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
     pub path: PathBuf,
-    pub words: Vec<String>,
+    pub value: String,
 }
 
 /// `expect 200` or `expect 2xx`.
@@ -454,6 +472,7 @@ impl Config {
                         CheckKind::Send { .. } => "send/expect",
                         CheckKind::Http { .. } => "http",
                         CheckKind::Redis { .. } => "redis",
+                        CheckKind::Pgsql { .. } => "pgsql",
                     }
                 )
             })

@@ -651,6 +651,7 @@ pub(super) fn check(a: &[Token]) -> Res<Check> {
     let (kind, opts) = match text(kind)? {
         "tcp" => (CheckKind::Tcp, &a[1..]),
         "redis" => super::parse_check::redis(&a[1..])?,
+        "pgsql" => super::parse_check::pgsql(&a[1..])?,
         "send" => match a {
             [_, send, e, expect, rest @ ..] if is_expect(e) => {
                 if expect.bytes.is_empty() {
@@ -672,7 +673,7 @@ pub(super) fn check(a: &[Token]) -> Res<Check> {
             }
             _ => return Err(arity("check http METHOD PATH expect STATUS [options]")),
         },
-        k => return Err(choice("kind", k, &["tcp", "send", "http", "redis"])),
+        k => return Err(choice("kind", k, &["tcp", "send", "http", "redis", "pgsql"])),
     };
     let mut c = Check { kind, ..Check::default() };
     options(opts, |opt, it| {

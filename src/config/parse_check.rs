@@ -5,7 +5,7 @@
 
 use super::lexer::{show, Token};
 use super::parse::{choice, text, Res};
-use super::{CheckKind, RedisRole, Secret};
+use super::{CheckKind, PgRole, RedisRole, Secret};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -47,9 +47,57 @@ pub(super) fn redis(a: &[Token]) -> Res<(CheckKind, &[Token])> {
     Ok((CheckKind::Redis { role, password }, rest))
 }
 
+/// `check pgsql ...` after the word `pgsql`: `user NAME` (required), `password FILE`, `dbname
+/// NAME` (default: the user's name, as libpq does) and `role primary|standby`, in any order.
+pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, &[Token])> {
+    let (mut user, mut password, mut dbname, mut role) = (None, None, None, None);
+    let mut rest = a;
+    while let [w, value, more @ ..] = rest {
+        let word = match w.bytes.as_slice() {
+            b"user" | b"password" | b"dbname" | b"role" => String::from_utf8_lossy(&w.bytes).into_owned(),
+            _ => break,
+        };
+        let twice = match word.as_str() {
+            "user" => user.replace(pg_name("user", text(value)?)?).is_some(),
+            "dbname" => dbname.replace(pg_name("dbname", text(value)?)?).is_some(),
+            "password" => password.replace(secret_file(value)?).is_some(),
+            _ => role
+                .replace(match text(value)? {
+                    "primary" => PgRole::Primary,
+                    "standby" => PgRole::Standby,
+                    other => return Err(choice("role", other, &["primary", "standby"])),
+                })
+                .is_some(),
+        };
+        if twice {
+            return Err(format!("{word} given twice: keep only one"));
+        }
+        rest = more;
+    }
+    if let [w] = rest {
+        if [&b"user"[..], b"password", b"dbname", b"role"].contains(&w.bytes.as_slice()) {
+            return Err(format!("missing value after {}", show(&String::from_utf8_lossy(&w.bytes))));
+        }
+    }
+    let Some(user) = user else {
+        return Err("check pgsql needs user NAME, e.g. check pgsql user shunt_check password /etc/shunt/pg-password"
+            .to_string());
+    };
+    Ok((CheckKind::Pgsql { user, password, dbname, role }, rest))
+}
+
+/// A role or database name sent in the StartupMessage: no NUL, not empty, at most 63 bytes
+/// (PostgreSQL's NAMEDATALEN - 1).
+fn pg_name(what: &str, s: &str) -> Res<String> {
+    if s.is_empty() || s.len() > 63 || s.contains('\0') {
+        return Err(format!("{what} {}: 1 to 63 bytes, no NUL", show(s)));
+    }
+    Ok(s.to_string())
+}
+
 fn secret_file(t: &Token) -> Res<Secret> {
     if t.bytes.is_empty() {
         return Err("the password file name is empty".to_string());
     }
-    Ok(Secret { path: PathBuf::from(OsStr::from_bytes(&t.bytes)), words: Vec::new() })
+    Ok(Secret { path: PathBuf::from(OsStr::from_bytes(&t.bytes)), value: String::new() })
 }

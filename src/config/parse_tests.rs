@@ -457,6 +457,9 @@ error_cases! {
     redis_password_without_file: ok!(+ "check redis role master password\n")
         => 4, r#"missing value after "password""#;
     redis_role_twice: ok!(+ "check redis role master role replica\n") => 4, "role given twice";
+    pgsql_without_user: ok!(+ "check pgsql role primary\n") => 4, "check pgsql needs user NAME";
+    pgsql_role_unknown: ok!(+ "check pgsql user a role leader\n")
+        => 4, r#"unknown role "leader": expected one of primary, standby"#;
     on_down_value: ok!(+ "on_down drop\n") => 4, r#"on_down: unknown value "drop": expected one of keep, close"#;
     global_inside_a_service: ok!(+ "workers 2\n")
         => 4, "is a global directive: it must come before the first service (line 1)";
@@ -575,7 +578,7 @@ error_cases! {
 fn redis_checks_take_a_role_a_password_file_and_the_usual_options() {
     let c = parse(ok!(+ "check redis password /etc/shunt/pw role master interval 1s port 6390\n")).unwrap();
     let check = &c.services[0].check;
-    let password = Some(crate::config::Secret { path: PathBuf::from("/etc/shunt/pw"), words: Vec::new() });
+    let password = Some(crate::config::Secret { path: PathBuf::from("/etc/shunt/pw"), value: String::new() });
     assert_eq!(check.kind, CheckKind::Redis { role: Some(crate::config::RedisRole::Master), password });
     assert_eq!((check.interval, check.port, check.line), (Duration::from_secs(1), Some(6390), 4));
     let any = parse(ok!(+ "check redis\n")).unwrap();
@@ -591,7 +594,7 @@ fn loading_reads_password_files_and_names_the_check_line_when_it_cannot() {
     std::fs::write(&conf, format!("{}check redis password {}\n", ok!(), pw.display())).unwrap();
     let c = super::load(&conf).unwrap();
     let CheckKind::Redis { password: Some(secret), .. } = &c.services[0].check.kind else { panic!() };
-    assert_eq!(secret.words, ["app", "s3cret"], "the first line, without its line ending");
+    assert_eq!(secret.value, "app s3cret", "the first line, without its line ending");
     std::fs::write(&pw, "\n").unwrap();
     let e = super::load(&conf).unwrap_err();
     assert_eq!((e[0].line, e[0].message.ends_with("its first line is empty")), (4, true), "{e:?}");

@@ -166,6 +166,19 @@ pub fn check(c: &Check) -> Option<String> {
             }
             k
         }
+        CheckKind::Pgsql { user, password, dbname, role } => {
+            let mut k = format!("pgsql user {}", quote(user.as_bytes()));
+            if let Some(p) = password {
+                let _ = write!(k, " password {}", quote(p.path.as_os_str().as_encoded_bytes()));
+            }
+            if let Some(d) = dbname {
+                let _ = write!(k, " dbname {}", quote(d.as_bytes()));
+            }
+            if let Some(r) = role {
+                let _ = write!(k, " role {}", r.name());
+            }
+            k
+        }
     };
     let mut line = format!(
         "check {kind} interval {} timeout {} rise {} fall {}",
@@ -257,7 +270,8 @@ mod tests {
              service r\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check send \"PING\\r\\n\\x00\\\"\\\\\" expect \"+PONG\\xff\"\n\
              service t\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check tcp\n splice always\n on_down close\n\
              service k\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check redis role replica password \"/etc/r pw\" interval 1s\n\
-             service k2\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check redis\n",
+             service k2\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check redis\n\
+             service p\n bind 127.0.0.1:0\n server x 127.0.0.1:3\n check pgsql user \"shunt check\" password /p dbname postgres role standby\n",
         );
         for b in ["roundrobin", "leastconn", "first", "source"] {
             round_trip(&format!("service s\n bind 127.0.0.1:0\n balance {b}\n server x 127.0.0.1:3\n"));

@@ -1,8 +1,8 @@
 //! Password files of database checks, read when a configuration is loaded (start, `--check`,
 //! every reload), so a missing or empty file is an error on its `check` line before anything
 //! runs, and probes never touch the disk. The first line is the secret; its line ending is not
-//! part of it. Its words are what the check sends (for Redis: the password, or a user and a
-//! password).
+//! part of it. For Redis its words are what `AUTH` sends (the password, or a user and a
+//! password); for PostgreSQL it is the password, spaces and all.
 
 use super::{CheckKind, Config, ConfigError};
 
@@ -11,12 +11,16 @@ pub(super) fn read(config: &mut Config) -> Result<(), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let file = config.path.clone();
     for svc in &mut config.services {
-        let CheckKind::Redis { password: Some(secret), .. } = &mut svc.check.kind else { continue };
+        let (secret, redis) = match &mut svc.check.kind {
+            CheckKind::Redis { password: Some(secret), .. } => (secret, true),
+            CheckKind::Pgsql { password: Some(secret), .. } => (secret, false),
+            _ => continue,
+        };
         match first_line(&secret.path) {
-            Ok(line) => secret.words = line.split_whitespace().map(str::to_string).collect(),
+            Ok(line) => secret.value = line,
             Err(message) => errors.push(ConfigError { file: file.clone(), line: svc.check.line, message }),
         }
-        if secret.words.len() > 2 && errors.is_empty() {
+        if redis && secret.value.split_whitespace().count() > 2 {
             let message = format!(
                 "check: password file {}: one word (the password) or two (user and password) on its first line",
                 secret.path.display()

@@ -6,6 +6,7 @@
 //! crossbeam channel followed by a wake of that worker's `mio::Waker`.
 
 mod hysteresis;
+pub mod pgsql;
 pub mod probe;
 pub mod redis;
 
@@ -318,8 +319,10 @@ impl HealthThread {
 /// primary when no replica is left).
 fn role_for(check: &Check, backup: bool) -> Check {
     let mut check = check.clone();
-    if let (true, CheckKind::Redis { role, .. }) = (backup, &mut check.kind) {
-        *role = None;
+    match (&mut check.kind, backup) {
+        (CheckKind::Redis { role, .. }, true) => *role = None,
+        (CheckKind::Pgsql { role, .. }, true) => *role = None,
+        _ => {}
     }
     check
 }

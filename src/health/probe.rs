@@ -48,6 +48,8 @@ pub struct Probe {
     tls: Option<TlsEnd>,
     /// Bytes sent first, in clear, as soon as the connect completes (a PROXY header).
     preamble: Vec<u8>,
+    /// `check pgsql`: a conversation rather than one request and its reply.
+    pg: Option<super::pgsql::Dialog>,
 }
 
 impl Probe {
@@ -68,10 +70,32 @@ impl Probe {
                 "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shunt-health\r\nConnection: close\r\n\r\n"
             )
             .into_bytes(),
-            CheckKind::Redis { password, .. } => super::redis::request(password.as_ref().map_or(&[], |p| &p.words)),
+            CheckKind::Redis { password, .. } => {
+                let words: Vec<String> =
+                    password.iter().flat_map(|p| p.value.split_whitespace()).map(String::from).collect();
+                super::redis::request(&words)
+            }
+            CheckKind::Pgsql { user, dbname, .. } => super::pgsql::startup(user, dbname.as_deref().unwrap_or(user)),
+        };
+        let pg = match kind {
+            CheckKind::Pgsql { user, password, role, .. } => {
+                Some(super::pgsql::Dialog::new(user, password.as_ref().map(|p| p.value.as_str()), *role))
+            }
+            _ => None,
         };
         let stage = Stage::Connecting;
-        Ok(Probe { stream, started: now, deadline, stage, request, reply: Vec::new(), tls_config, tls: None, preamble })
+        Ok(Probe {
+            stream,
+            started: now,
+            deadline,
+            stage,
+            request,
+            reply: Vec::new(),
+            tls_config,
+            tls: None,
+            preamble,
+            pg,
+        })
     }
 
     /// Advances on readiness. `Some` once the probe is decided.
@@ -128,6 +152,26 @@ impl Probe {
                 Stage::Reading => {
                     let mut chunk = [0u8; 4096];
                     match self.read(&mut chunk) {
+                        Ok(0) if self.pg.is_some() => {
+                            return Some(self.pg.as_ref().map(|d| d.closed()).expect("checked"));
+                        }
+                        Ok(n) if self.pg.is_some() => {
+                            self.reply.extend_from_slice(&chunk[..n]);
+                            let dialog = self.pg.as_mut().expect("checked");
+                            match dialog.feed(&mut self.reply) {
+                                super::pgsql::Step::Wait => {}
+                                super::pgsql::Step::Send(next) => {
+                                    self.request = next;
+                                    self.stage = Stage::Sending(0);
+                                }
+                                super::pgsql::Step::Done(bye, verdict) => {
+                                    // Terminate, so the server logs a clean logout; best effort.
+                                    self.request = bye;
+                                    let _ = self.write(0);
+                                    return Some(verdict);
+                                }
+                            }
+                        }
                         Ok(0) => {
                             return Some(judge(kind, &self.reply, true).unwrap_or_else(|| {
                                 Verdict::Fail(format!(
@@ -196,6 +240,9 @@ pub fn judge(kind: &CheckKind, reply: &[u8], eof: bool) -> Option<Verdict> {
             }
         }
         CheckKind::Redis { role, password } => super::redis::judge(reply, password.is_some(), *role, eof),
+        // Decided by its dialog (see `Probe::advance`), never by one reply.
+        CheckKind::Pgsql { .. } if eof => Some(Verdict::Fail("connection closed".to_string())),
+        CheckKind::Pgsql { .. } => None,
         CheckKind::Http { expect, .. } => match http_status(reply) {
             Some(Ok(status)) if expect.matches(status) => Some(Verdict::Pass),
             Some(Ok(status)) => Some(Verdict::Fail(format!("HTTP status {status}, expected {}", show(expect)))),

@@ -22,7 +22,8 @@
 //! - [`netns`]: network namespaces and threads inside them;
 //!
 //! and, used by name: [`certs`] (a private CA and the certificates it issues, made with the
-//! openssl CLI), [`redis`] (real Redis servers and redis-cli), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
+//! openssl CLI), [`redis`] (real Redis servers and redis-cli), [`postgres`] (a real PostgreSQL primary and
+//! standby, and psql), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
 //! [`inproc`] (the balancer as a library in the test's process), [`topo`]
 //! (client, balancer and servers in namespaces joined by veth) and [`lab`] (the fault lab built
 //! on it: clients that check every byte, shunt's view, and the invariants every fault test
@@ -46,6 +47,7 @@ pub mod netns;
 pub mod nginx;
 pub mod pattern;
 pub mod ports;
+pub mod postgres;
 pub mod proc;
 pub mod procfs;
 pub mod redis;
