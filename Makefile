@@ -5,7 +5,7 @@ CARGO ?= cargo
 # rustup installs cargo in ~/.cargo/bin, which a non-login shell (CI, sudo) may not have on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build run test deps lint fmt bench bench-quick fuzz clean install uninstall
+.PHONY: all build run site test deps lint fmt bench bench-quick fuzz clean install uninstall
 
 all: build
 
@@ -14,6 +14,11 @@ build:
 
 run:
 	scripts/run-demo.sh
+
+# The seed's whole picture on loopback: two web servers, a PostgreSQL primary and standby, a
+# Redis master and replica, shunt in front of all of them (prints the addresses and a failover).
+site:
+	scripts/site-demo.sh
 
 deps:
 	scripts/install-deps.sh

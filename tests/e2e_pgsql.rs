@@ -3,8 +3,9 @@
 //! (`role standby`, the primary as backup). Writes land on the primary, reads on the standby,
 //! pgbench runs through the write service without a failed transaction; when the primary stops
 //! and the standby is promoted, writes follow within `rise × interval` plus a probe and a
-//! session held to the old primary is closed. Checks that fail say why: a wrong password, an
-//! unknown user, a server that is not PostgreSQL, one that stalls after the startup message.
+//! session held to the old primary is closed. Checks log in by SCRAM, cleartext, md5 or trust,
+//! whichever the server asks for; checks that fail say why: a wrong password, an unknown user,
+//! a server that is not PostgreSQL, one that stalls after the startup message.
 
 mod common;
 
@@ -153,7 +154,7 @@ fn writes_follow_the_primary_through_a_promotion() {
 }
 
 #[test]
-fn failing_checks_say_why_and_never_stall_other_probes() {
+fn every_login_method_passes_and_every_failure_says_why_without_stalling_other_probes() {
     let primary = Postgres::primary("pg-details", PASSWORD);
     let dir = TempDir::new("pg-conf");
     let (good, wrong) = (password_file(&dir, "good", PASSWORD), password_file(&dir, "wrong", "not-it"));
@@ -172,15 +173,22 @@ fn failing_checks_say_why_and_never_stall_other_probes() {
         )
     };
     let conf = format!(
-        "log info\nadmin 127.0.0.1:0\n{}{}{}{}{}",
+        "log info\nadmin 127.0.0.1:0\n{}{}{}{}{}{}{}service trust\n  bind 127.0.0.1:0\n\
+         \x20 check pgsql user trust_user dbname postgres role primary interval 200ms\n  server x {}\n",
         svc("good", "postgres", &good, primary.addr),
+        svc("cleartext", "clear_user", &good, primary.addr),
+        svc("md5", "md5_user", &good, primary.addr),
         svc("wrongpw", "postgres", &wrong, primary.addr),
         svc("nouser", "nobody_here", &good, primary.addr),
         svc("notpg", "postgres", &good, nginx.addr),
-        svc("stalled", "postgres", &good, stall.addr)
+        svc("stalled", "postgres", &good, stall.addr),
+        primary.addr
     );
     let shunt = start_shunt(&conf);
-    wait_state(&shunt, "good", "x", "up");
+    // Every login method a server may ask for: SCRAM (good), cleartext, md5 and trust.
+    for service in ["good", "cleartext", "md5", "trust"] {
+        wait_state(&shunt, service, "x", "up");
+    }
     let wrongpw = wait_state(&shunt, "wrongpw", "x", "down");
     assert!(wrongpw.contains("password authentication failed for user \"postgres\" (28P01)"), "{wrongpw}");
     let nouser = wait_state(&shunt, "nouser", "x", "down");

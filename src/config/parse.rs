@@ -648,10 +648,20 @@ pub(super) fn check(a: &[Token]) -> Res<Check> {
         return Err(arity("check tcp|send|http ... [interval D] [timeout D] [rise N] [fall N] [port N]"));
     };
     let is_expect = |t: &Token| t.bytes == b"expect";
+    // A database check's generic options, once its own words are taken out.
+    let db_opts: Vec<Token>;
     let (kind, opts) = match text(kind)? {
         "tcp" => (CheckKind::Tcp, &a[1..]),
-        "redis" => super::parse_check::redis(&a[1..])?,
-        "pgsql" => super::parse_check::pgsql(&a[1..])?,
+        "redis" => {
+            let (kind, rest) = super::parse_check::redis(&a[1..])?;
+            db_opts = rest;
+            (kind, &db_opts[..])
+        }
+        "pgsql" => {
+            let (kind, rest) = super::parse_check::pgsql(&a[1..])?;
+            db_opts = rest;
+            (kind, &db_opts[..])
+        }
         "send" => match a {
             [_, send, e, expect, rest @ ..] if is_expect(e) => {
                 if expect.bytes.is_empty() {

@@ -1,7 +1,9 @@
 //! The database checks' own words on a `check` line: `check redis [role master|replica]
-//! [password FILE]`, before the options every check takes (`interval`, `timeout`, `rise`,
-//! `fall`, `port`). Only the form is checked here; a password file is read when the
-//! configuration is loaded (`super::secrets`), with errors on this same line.
+//! [password FILE]` and `check pgsql user NAME [password FILE] [dbname NAME] [role
+//! primary|standby]`, mixed in any order with the options every check takes (`interval`,
+//! `timeout`, `rise`, `fall`, `port`), which go back to `check` to read. Only the form is
+//! checked here; a password file is read when the configuration is loaded (`super::secrets`),
+//! with errors on this same line.
 
 use super::lexer::{show, Token};
 use super::parse::{choice, text, Res};
@@ -10,54 +12,35 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-/// `check redis ...` after the word `redis`: the check and the generic options that follow.
-pub(super) fn redis(a: &[Token]) -> Res<(CheckKind, &[Token])> {
+/// `check redis ...` after the word `redis`: the check and the generic options.
+pub(super) fn redis(a: &[Token]) -> Res<(CheckKind, Vec<Token>)> {
+    let (own, rest) = split(a, &["role", "password"])?;
     let (mut role, mut password) = (None, None);
-    let mut rest = a;
-    loop {
-        match rest {
-            [w, value, more @ ..] if w.bytes == b"role" => {
-                if role.is_some() {
-                    return Err("role given twice: keep only one".to_string());
-                }
-                role = Some(match text(value)? {
+    for (word, value) in own {
+        let twice = match word {
+            "role" => role
+                .replace(match text(value)? {
                     "master" => RedisRole::Master,
                     "replica" | "slave" => RedisRole::Replica,
                     other => return Err(choice("role", other, &["master", "replica"])),
-                });
-                rest = more;
-            }
-            [w, file, more @ ..] if w.bytes == b"password" => {
-                if password.is_some() {
-                    return Err("password given twice: keep only one".to_string());
-                }
-                password = Some(secret_file(file)?);
-                rest = more;
-            }
-            [w] if w.bytes == b"role" || w.bytes == b"password" => {
-                let what = String::from_utf8_lossy(&w.bytes).into_owned();
-                return Err(format!(
-                    "missing value after {}: e.g. role master, password /etc/shunt/redis-password",
-                    show(&what)
-                ));
-            }
-            _ => break,
+                })
+                .is_some(),
+            _ => password.replace(secret_file(value)?).is_some(),
+        };
+        if twice {
+            return Err(format!("{word} given twice: keep only one"));
         }
     }
     Ok((CheckKind::Redis { role, password }, rest))
 }
 
 /// `check pgsql ...` after the word `pgsql`: `user NAME` (required), `password FILE`, `dbname
-/// NAME` (default: the user's name, as libpq does) and `role primary|standby`, in any order.
-pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, &[Token])> {
+/// NAME` (default: the user's name, as libpq does) and `role primary|standby`.
+pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, Vec<Token>)> {
+    let (own, rest) = split(a, &["user", "password", "dbname", "role"])?;
     let (mut user, mut password, mut dbname, mut role) = (None, None, None, None);
-    let mut rest = a;
-    while let [w, value, more @ ..] = rest {
-        let word = match w.bytes.as_slice() {
-            b"user" | b"password" | b"dbname" | b"role" => String::from_utf8_lossy(&w.bytes).into_owned(),
-            _ => break,
-        };
-        let twice = match word.as_str() {
+    for (word, value) in own {
+        let twice = match word {
             "user" => user.replace(pg_name("user", text(value)?)?).is_some(),
             "dbname" => dbname.replace(pg_name("dbname", text(value)?)?).is_some(),
             "password" => password.replace(secret_file(value)?).is_some(),
@@ -72,12 +55,6 @@ pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, &[Token])> {
         if twice {
             return Err(format!("{word} given twice: keep only one"));
         }
-        rest = more;
-    }
-    if let [w] = rest {
-        if [&b"user"[..], b"password", b"dbname", b"role"].contains(&w.bytes.as_slice()) {
-            return Err(format!("missing value after {}", show(&String::from_utf8_lossy(&w.bytes))));
-        }
     }
     let Some(user) = user else {
         return Err("check pgsql needs user NAME, e.g. check pgsql user shunt_check password /etc/shunt/pg-password"
@@ -86,8 +63,27 @@ pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, &[Token])> {
     Ok((CheckKind::Pgsql { user, password, dbname, role }, rest))
 }
 
-/// A role or database name sent in the StartupMessage: no NUL, not empty, at most 63 bytes
-/// (PostgreSQL's NAMEDATALEN - 1).
+/// Splits a database check's arguments, all `WORD VALUE` pairs: the check's own words (`ours`)
+/// wherever they stand, and the rest, in order, for the generic option reader.
+fn split<'t>(a: &'t [Token], ours: &[&'static str]) -> Res<(Vec<(&'static str, &'t Token)>, Vec<Token>)> {
+    let (mut own, mut rest) = (Vec::new(), Vec::new());
+    let mut it = a.iter();
+    while let Some(w) = it.next() {
+        let Some(&word) = ours.iter().find(|o| o.as_bytes() == w.bytes.as_slice()) else {
+            rest.push(w.clone());
+            rest.extend(it.next().cloned());
+            continue;
+        };
+        match it.next() {
+            Some(value) => own.push((word, value)),
+            None => return Err(format!("missing value after {}", show(word))),
+        }
+    }
+    Ok((own, rest))
+}
+
+/// A role or database name sent in the StartupMessage: not empty, at most 63 bytes
+/// (PostgreSQL's NAMEDATALEN - 1), no NUL.
 fn pg_name(what: &str, s: &str) -> Res<String> {
     if s.is_empty() || s.len() > 63 || s.contains('\0') {
         return Err(format!("{what} {}: 1 to 63 bytes, no NUL", show(s)));

@@ -576,7 +576,7 @@ error_cases! {
 
 #[test]
 fn redis_checks_take_a_role_a_password_file_and_the_usual_options() {
-    let c = parse(ok!(+ "check redis password /etc/shunt/pw role master interval 1s port 6390\n")).unwrap();
+    let c = parse(ok!(+ "check redis password /etc/shunt/pw interval 1s role master port 6390\n")).unwrap();
     let check = &c.services[0].check;
     let password = Some(crate::config::Secret { path: PathBuf::from("/etc/shunt/pw"), value: String::new() });
     assert_eq!(check.kind, CheckKind::Redis { role: Some(crate::config::RedisRole::Master), password });

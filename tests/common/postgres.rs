@@ -1,5 +1,5 @@
 //! Real PostgreSQL 15 servers for the database-tier tests: a primary made with `initdb`
-//! (SCRAM-SHA-256 passwords, `fsync=off`, small buffers, its socket in its own directory) and a
+//! (SCRAM-SHA-256 passwords, `fsync=off`, small buffers, TCP on loopback only) and a
 //! streaming standby made from it with `pg_basebackup -R`, on free loopback ports, run as the
 //! `postgres` user (the server refuses root); `psql` for queries. Killed on drop.
 
@@ -85,11 +85,22 @@ impl Postgres {
                     shared_buffers = 16MB\nmax_connections = 40\nwal_level = replica\nmax_wal_senders = 4\n\
                     hot_standby = on\nlog_min_messages = warning\n";
         append(&data.join("postgresql.conf"), conf);
-        append(
-            &data.join("pg_hba.conf"),
-            "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+        // First match wins: a user for each login method a check must speak, then everyone else
+        // with SCRAM. The users themselves are made once the server runs (`LOGIN_USERS`).
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "host all trust_user 127.0.0.1/32 trust\nhost all clear_user 127.0.0.1/32 password\n\
+             host all md5_user 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256\n\
+             host replication all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let pg = Postgres::start(name, dir, data);
+        let users = format!(
+            "CREATE ROLE trust_user LOGIN; CREATE ROLE clear_user LOGIN PASSWORD '{password}'; \
+             SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD '{password}';"
         );
-        Postgres::start(name, dir, data)
+        psql(pg.addr, password, &users).unwrap_or_else(|e| panic!("creating the login users: {e}"));
+        pg
     }
 
     /// A streaming standby of `primary` (`pg_basebackup -R`).
@@ -117,7 +128,9 @@ impl Postgres {
             let d = dir.borrow();
             let sockets = d.as_ref().expect("the directory until it starts").path().to_path_buf();
             let mut cmd = as_postgres(&[&format!("{}/postgres", pg_bin()), "-D", data.to_str().unwrap()]);
-            cmd.args(["-p", &port.to_string(), "-k"]).arg(&sockets);
+            // No Unix socket: a test directory's path can pass the 107 bytes a socket path may
+            // have, and TCP on loopback is what shunt and the clients use anyway.
+            cmd.args(["-p", &port.to_string(), "-k", ""]);
             let mut proc = Proc::spawn(&format!("postgres {name}"), cmd, &sockets.join("postgres.log"));
             let deadline = Instant::now() + START_TIMEOUT * 2;
             while !is_listening(proc.pid(), port) {
