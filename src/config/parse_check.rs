@@ -65,7 +65,10 @@ pub(super) fn pgsql(a: &[Token]) -> Res<(CheckKind, Vec<Token>)> {
 
 /// Splits a database check's arguments, all `WORD VALUE` pairs: the check's own words (`ours`)
 /// wherever they stand, and the rest, in order, for the generic option reader.
-fn split<'t>(a: &'t [Token], ours: &[&'static str]) -> Res<(Vec<(&'static str, &'t Token)>, Vec<Token>)> {
+/// A check's own `WORD VALUE` pairs, and the arguments it leaves to the generic reader.
+type Split<'t> = (Vec<(&'static str, &'t Token)>, Vec<Token>);
+
+fn split<'t>(a: &'t [Token], ours: &[&'static str]) -> Res<Split<'t>> {
     let (mut own, mut rest) = (Vec::new(), Vec::new());
     let mut it = a.iter();
     while let Some(w) = it.next() {
