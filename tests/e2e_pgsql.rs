@@ -21,21 +21,8 @@ const PASSWORD: &str = "pg s3cret";
 const INTERVAL_MS: u64 = 200;
 const RISE: u64 = 2;
 
-fn server_state(shunt: &Shunt, service: &str, server: &str) -> (String, String) {
-    let status = status_json(shunt.admin());
-    let services = status["services"].as_array().cloned().unwrap_or_default();
-    let svc = services.iter().find(|s| s["name"] == service).unwrap_or_else(|| panic!("no {service}: {status}"));
-    let v = svc["servers"].as_array().unwrap().iter().find(|v| v["name"] == server).unwrap().clone();
-    (v["state"].as_str().unwrap_or("").to_string(), v["last_check"]["detail"].as_str().unwrap_or("").to_string())
-}
-
 fn wait_state(shunt: &Shunt, service: &str, server: &str, want: &str) -> String {
-    let mut last = (String::new(), String::new());
-    wait_for(T, &format!("{service}/{server} to be {want}"), || {
-        last = server_state(shunt, service, server);
-        last.0 == want
-    });
-    last.1
+    shunt.wait_server_state(service, server, want, T)
 }
 
 fn password_file(dir: &TempDir, name: &str, password: &str) -> std::path::PathBuf {
@@ -168,7 +155,7 @@ fn every_login_method_passes_and_every_failure_says_why_without_stalling_other_p
     });
     let svc = |name: &str, user: &str, pw: &std::path::Path, addr: SocketAddr| {
         format!(
-            "service {name}\n  bind 127.0.0.1:0\n  check pgsql user {user} password {} interval 200ms timeout 500ms\n  server x {addr}\n",
+            "service {name}\n  bind 127.0.0.1:0\n  check pgsql user {user} password {} dbname postgres interval 200ms timeout 500ms\n  server x {addr}\n",
             pw.display()
         )
     };
@@ -199,5 +186,5 @@ fn every_login_method_passes_and_every_failure_says_why_without_stalling_other_p
     let checks = || status_json(shunt.admin())["services"][0]["servers"][0]["checks"].as_u64().unwrap_or(0);
     let before = checks();
     wait_for(T, "the good server probed again and again", || checks() >= before + 5);
-    assert_eq!(server_state(&shunt, "good", "x").0, "up");
+    assert_eq!(shunt.server_state("good", "x").0, "up");
 }

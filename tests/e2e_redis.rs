@@ -21,21 +21,8 @@ const INTERVAL_MS: u64 = 100;
 const RISE: u64 = 2;
 
 /// (state, last check detail) of `server` in `service`, from /status.
-fn server_state(shunt: &Shunt, service: &str, server: &str) -> (String, String) {
-    let status = status_json(shunt.admin());
-    let services = status["services"].as_array().cloned().unwrap_or_default();
-    let svc = services.iter().find(|s| s["name"] == service).unwrap_or_else(|| panic!("no {service}: {status}"));
-    let v = svc["servers"].as_array().unwrap().iter().find(|v| v["name"] == server).unwrap().clone();
-    (v["state"].as_str().unwrap_or("").to_string(), v["last_check"]["detail"].as_str().unwrap_or("").to_string())
-}
-
 fn wait_state(shunt: &Shunt, service: &str, server: &str, want: &str) -> String {
-    let mut last = (String::new(), String::new());
-    wait_for(T, &format!("{service}/{server} to be {want}"), || {
-        last = server_state(shunt, service, server);
-        last.0 == want
-    });
-    last.1
+    shunt.wait_server_state(service, server, want, T)
 }
 
 /// One `SET` on a new connection through `addr`, as an application's pool would open it:

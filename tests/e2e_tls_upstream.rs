@@ -17,21 +17,8 @@ fn https_nginx(name: &str, cert: &Issued, big_len: usize) -> Nginx {
     Nginx::start_opts(NginxOpts { name, ssl: Some(cert), big_len, ..NginxOpts::default() })
 }
 
-/// The server's state and its last check's detail, from /status.
-fn server_state(shunt: &Shunt, service: &str, server: &str) -> (String, String) {
-    let status = status_json(shunt.admin());
-    let svc = status["services"].as_array().unwrap().iter().find(|s| s["name"] == service).unwrap().clone();
-    let srv = svc["servers"].as_array().unwrap().iter().find(|s| s["name"] == server).unwrap().clone();
-    (srv["state"].as_str().unwrap().to_string(), srv["last_check"]["detail"].as_str().unwrap_or("").to_string())
-}
-
 fn wait_state(shunt: &Shunt, server: &str, want: &str) -> String {
-    let mut last = (String::new(), String::new());
-    wait_for(T, &format!("{server} to be {want}"), || {
-        last = server_state(shunt, "web", server);
-        last.0 == want && !last.1.is_empty()
-    });
-    last.1
+    shunt.wait_server_state("web", server, want, T)
 }
 
 /// `curl http://ADDR{path}`: the body, bytes as they came.
@@ -128,6 +115,6 @@ fn a_failed_server_handshake_on_the_data_path_is_a_failed_connect_and_the_next_s
     let sessions = shunt.wait_all_logged(T);
     assert!(sessions.iter().all(|s| s.server == "good" && s.code == "--"), "{sessions:#?}");
     assert!(shunt.log().contains("UnknownIssuer"), "the failed connect's reason is logged:\n{}", shunt.log());
-    let (state, detail) = server_state(&shunt, "web", "bad");
+    let (state, detail) = shunt.server_state("web", "bad");
     assert!(state == "down" && detail.contains("UnknownIssuer"), "{state}: {detail}");
 }

@@ -4,10 +4,11 @@
 //! `127.0.0.1:0` and the test asks [`Shunt::addr`] for the port, with no race for a free one.
 
 use super::bins::shunt_bin;
+use super::http::status_json;
 use super::logs::{conf_listeners, sessions, Listening, Session};
 use super::proc::{Proc, TempDir};
 use super::procfs::{fd_count, rss_kib, sockets_in_state};
-use super::wait::START_TIMEOUT;
+use super::wait::{wait_for, START_TIMEOUT};
 use std::fs;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
@@ -135,6 +136,27 @@ impl Shunt {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A server's state (`up`, `down`, `drain`, `disabled`) and its last check's detail, from
+    /// /status.
+    pub fn server_state(&self, service: &str, server: &str) -> (String, String) {
+        let status = status_json(self.admin());
+        let services = status["services"].as_array().cloned().unwrap_or_default();
+        let svc = services.iter().find(|s| s["name"] == service).unwrap_or_else(|| panic!("no {service}: {status}"));
+        let servers = svc["servers"].as_array().cloned().unwrap_or_default();
+        let v = servers.iter().find(|v| v["name"] == server).unwrap_or_else(|| panic!("no {server}: {status}"));
+        (v["state"].as_str().unwrap_or("").to_string(), v["last_check"]["detail"].as_str().unwrap_or("").to_string())
+    }
+
+    /// Waits until that server is `want` with a check behind it; returns the check's detail.
+    pub fn wait_server_state(&self, service: &str, server: &str, want: &str, timeout: Duration) -> String {
+        let mut last = (String::new(), String::new());
+        wait_for(timeout, &format!("{service}/{server} to be {want}"), || {
+            last = self.server_state(service, server);
+            last.0 == want && !last.1.is_empty()
+        });
+        last.1
     }
 
     /// Replaces the conf file (for SIGHUP / POST /reload tests); does not signal.
