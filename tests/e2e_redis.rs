@@ -3,7 +3,8 @@
 //! both with `requirepass`. Writes land on the master, reads on the replica; when the roles are
 //! swapped under a writer loop, writes follow within `rise × interval` plus a probe and none
 //! gets `READONLY` after that; `on_down close` cuts a session held to the demoted master.
-//! Failing checks say why: no password, a wrong one, a replica whose master is gone.
+//! An ACL user logs in with its name and password; failing checks say why: no password, a
+//! wrong one, a replica whose master is gone.
 
 mod common;
 
@@ -169,20 +170,27 @@ fn failing_checks_say_why() {
     let dir = TempDir::new("redis-conf");
     let wrong = dir.join("wrong");
     std::fs::write(&wrong, "not-it\n").unwrap();
+    // An ACL user that may only read INFO: its file holds the user and the password.
+    assert_eq!(a.cli(&["ACL", "SETUSER", "checker", "on", ">chk-pw", "+info"]), "OK");
+    let acl_user = dir.join("acl-user");
+    std::fs::write(&acl_user, "checker chk-pw\n").unwrap();
     let conf = format!(
         "log info\nadmin 127.0.0.1:0\n\
          service none\n  bind 127.0.0.1:0\n  check redis role master interval 100ms\n  server a {a}\n\
          service wrong\n  bind 127.0.0.1:0\n  check redis role master password {w} interval 100ms\n  server a {a}\n\
-         service ro\n  bind 127.0.0.1:0\n  check redis role replica password {ok} interval 100ms\n  server b {b}\n",
+         service ro\n  bind 127.0.0.1:0\n  check redis role replica password {ok} interval 100ms\n  server b {b}\n\
+         service acl\n  bind 127.0.0.1:0\n  check redis role master password {u} interval 100ms\n  server a {a}\n",
         a = a.addr,
         b = b.addr,
         w = wrong.display(),
+        u = acl_user.display(),
         ok = password_file(&dir).display()
     );
     let shunt = start_shunt(&conf);
     assert!(wait_state(&shunt, "none", "a", "down").starts_with("the server needs a password"));
     assert!(wait_state(&shunt, "wrong", "a", "down").starts_with("AUTH refused: wrong password"));
     wait_state(&shunt, "ro", "b", "up");
+    wait_state(&shunt, "acl", "a", "up");
     // The master goes away: the replica's link is down, and its data stale.
     drop(a);
     assert_eq!(wait_state(&shunt, "ro", "b", "down"), "replica with its master link down");

@@ -307,6 +307,8 @@ pub enum Balance {
     First,
     /// A hash of the client address picks the server.
     Source,
+    /// Consistent hashing of the client address through a Maglev table (`balance::maglev`).
+    Maglev,
 }
 
 /// The health check applied to every server of a service.
@@ -413,6 +415,7 @@ impl Balance {
             Balance::LeastConn => "leastconn",
             Balance::First => "first",
             Balance::Source => "source",
+            Balance::Maglev => "maglev",
         }
     }
 }

@@ -44,7 +44,7 @@ const SERVICE_ONLY: &[&str] = &[
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
 const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
-const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source"];
+const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source", "maglev"];
 
 // Upper bounds catch typos (an extra zero) before they become a thread or memory storm; none of
 // them limits a real deployment. MAX_WEIGHT is DESIGN.md's.
@@ -462,12 +462,13 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
 fn set_policy(svc: &mut Service, kw: &str, a: &[Token]) -> Res<()> {
     match kw {
         "balance" => {
-            let v = one(a, "balance roundrobin|leastconn|first|source")?;
+            let v = one(a, "balance roundrobin|leastconn|first|source|maglev")?;
             svc.balance = match v {
                 "roundrobin" => Balance::RoundRobin,
                 "leastconn" => Balance::LeastConn,
                 "first" => Balance::First,
                 "source" => Balance::Source,
+                "maglev" => Balance::Maglev,
                 _ => return Err(choice("algorithm", v, BALANCES)),
             }
         }

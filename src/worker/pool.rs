@@ -58,7 +58,10 @@ impl ServicePool {
             .zip(&generation.server_tls)
             .map(|(((svc, rt), servers), tls)| ServicePool {
                 rt: Arc::clone(rt),
-                balancer: Balancer::new(svc.balance, svc.servers.len()),
+                balancer: Balancer::for_servers(
+                    svc.balance,
+                    &svc.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect::<Vec<_>>(),
+                ),
                 servers: svc
                     .servers
                     .iter()

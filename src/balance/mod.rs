@@ -5,7 +5,10 @@
 //! on the data path); with several workers each runs its own rotation, so proportions hold
 //! overall while the exact interleaving is per worker.
 
+pub mod maglev;
+
 use crate::config::Balance;
+use maglev::Maglev;
 use std::net::IpAddr;
 
 /// What the balancer needs to know about one server at the moment of a pick.
@@ -33,11 +36,23 @@ pub struct Balancer {
     current: Vec<i64>,
     /// Rotating start for leastconn ties, so equal servers share the load.
     cursor: usize,
+    /// `balance maglev`: the lookup table of the service's servers (`None`: no server weighs).
+    maglev: Option<Maglev>,
 }
 
 impl Balancer {
     pub fn new(algorithm: Balance, servers: usize) -> Balancer {
-        Balancer { algorithm, current: vec![0; servers], cursor: 0 }
+        Balancer { algorithm, current: vec![0; servers], cursor: 0, maglev: None }
+    }
+
+    /// A balancer for servers given as (name, configured weight) in conf order: `balance maglev`
+    /// builds its table from them.
+    pub fn for_servers(algorithm: Balance, servers: &[(&str, u32)]) -> Balancer {
+        let mut b = Balancer::new(algorithm, servers.len());
+        if algorithm == Balance::Maglev {
+            b.maglev = Maglev::build(servers);
+        }
+        b
     }
 
     /// Picks a server for a connection from `client`, skipping the indices in `tried` (servers
@@ -59,6 +74,7 @@ impl Balancer {
             Balance::LeastConn => self.pick_leastconn(servers, eligible),
             Balance::First => servers.iter().enumerate().position(|(i, s)| eligible(i, s)),
             Balance::Source => pick_source(servers, eligible, client),
+            Balance::Maglev => self.maglev.as_ref()?.pick(hash_ip(client), |i| eligible(i, &servers[i])),
         }
     }
 
