@@ -17,3 +17,34 @@ nginx_conf() {
   conf=${conf//@LOCATIONS@/"$locations"}
   printf '%s\n' "$conf" >"$d/nginx.conf"
 }
+
+# For run-demo.sh and site-demo.sh, which run shunt in the background ($shunt_pid, empty until
+# it starts): bash runs traps only between commands, and `wait` is one it can interrupt where a
+# foreground child is not, so the script itself decides what reaches shunt. Once shunt runs,
+# INT and TERM are passed on (a first one drains, a second one stops it at once, as with shunt
+# alone) and the script goes on waiting; before that, it just exits (its EXIT trap cleans up)
+# with the conventional status.
+on_signal() {
+  if [ -n "$shunt_pid" ] && kill -0 "$shunt_pid" 2>/dev/null; then
+    kill -"$1" "$shunt_pid" 2>/dev/null || true
+  else
+    exit "$2"
+  fi
+}
+forward_signals_to_shunt() {
+  trap 'on_signal INT 130' INT
+  trap 'on_signal TERM 143' TERM
+}
+
+# run_shunt CONF: shunt in the background in its own session, waited for through any number
+# of signals; its exit status is this function's.
+run_shunt() {
+  setsid target/release/shunt -c "$1" &
+  shunt_pid=$!
+  while kill -0 "$shunt_pid" 2>/dev/null; do
+    wait "$shunt_pid" || true
+  done
+  local rc=0
+  wait "$shunt_pid" || rc=$?
+  return "$rc"
+}

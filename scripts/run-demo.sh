@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 CARGO=${CARGO:-cargo}
+source scripts/lib.sh
 CONF=conf/shunt.conf
 PORT=${SHUNT_DEMO_PORT:-8080}
 ADMIN_PORT=${SHUNT_DEMO_ADMIN_PORT:-9090}
@@ -68,18 +69,7 @@ cleanup() {
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
-# Ctrl-C/TERM: once shunt runs, pass the signal on (a first one drains, a second one stops it at
-# once, as with shunt alone) and go on waiting for it; before that, just exit (the EXIT trap
-# cleans up) with the conventional status.
-on_signal() {
-  if [ -n "$shunt_pid" ] && kill -0 "$shunt_pid" 2>/dev/null; then
-    kill -"$1" "$shunt_pid" 2>/dev/null || true
-  else
-    exit "$2"
-  fi
-}
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
+forward_signals_to_shunt
 
 # setsid: the backends leave the terminal's process group, so Ctrl-C reaches only this script,
 # and they keep serving while shunt drains; the EXIT trap then stops them by PID. Each prints the
@@ -131,14 +121,6 @@ cat <<MSG
 
 MSG
 
-# shunt runs in the background, in its own session, so that this script (not the terminal)
-# decides what reaches it and can still react to a TERM sent to it alone: bash runs traps only
-# between commands, and `wait` is one it can interrupt, where a foreground child is not.
-setsid target/release/shunt -c "$CONF" &
-shunt_pid=$!
-while kill -0 "$shunt_pid" 2>/dev/null; do
-  wait "$shunt_pid" || true
-done
-rc=0
-wait "$shunt_pid" || rc=$?
-exit "$rc"
+# shunt runs in the background, in its own session (see run_shunt in scripts/lib.sh), so that
+# this script, not the terminal, decides what reaches it.
+run_shunt "$CONF"

@@ -46,15 +46,7 @@ cleanup() {
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
-on_signal() {
-  if [ -n "$shunt_pid" ] && kill -0 "$shunt_pid" 2>/dev/null; then
-    kill -"$1" "$shunt_pid" 2>/dev/null || true
-  else
-    exit "$2"
-  fi
-}
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
+forward_signals_to_shunt
 
 # wait_port NAME PORT: until something accepts on 127.0.0.1:PORT (at most ~20 s).
 wait_port() {
@@ -189,11 +181,4 @@ cat <<MSG
 MSG
 say "pids: ${pids[*]} ${pg_pids[*]}"
 
-setsid target/release/shunt -c "$run_dir/shunt.conf" &
-shunt_pid=$!
-while kill -0 "$shunt_pid" 2>/dev/null; do
-  wait "$shunt_pid" || true
-done
-rc=0
-wait "$shunt_pid" || rc=$?
-exit "$rc"
+run_shunt "$run_dir/shunt.conf"
