@@ -73,6 +73,7 @@ if [ "$mode" = all ]; then
   need_cmd systemd-analyze systemd # rates conf/shunt.service's hardening (security --offline)
   need_cmd setpriv util-linux  # runs a test's shunt as an unprivileged user
   need_cmd nft nftables        # conf/nftables.conf, loaded inside network namespaces
+  need_cmd keepalived keepalived # conf/keepalived*.conf pass keepalived's config test
   # A PostgreSQL server (initdb, postgres, pg_basebackup, pgbench) and psql, for check pgsql.
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need postgresql
   need_cmd psql postgresql-client
