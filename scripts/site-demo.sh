@@ -84,7 +84,7 @@ pg_ports=("$(free_port)" "$(free_port)")
 chown postgres: "$run_dir/password"
 install -d -o postgres -g postgres -m 700 "$run_dir/pg"
 as_postgres "$pg_bin/initdb" -D "$run_dir/pg/primary" -U postgres --auth=scram-sha-256 \
-  --pwfile="$run_dir/password" -N >"$run_dir/initdb.log" 2>&1 || die "initdb failed: $run_dir/initdb.log"
+  --pwfile="$run_dir/password" -N >"$run_dir/initdb.log" 2>&1 || die "initdb failed: $(cat "$run_dir/initdb.log")"
 cat >>"$run_dir/pg/primary/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 fsync = off
@@ -100,8 +100,13 @@ setsid setpriv --reuid=postgres --regid=postgres --init-groups -- \
 pg_pids+=("$!")
 pg_primary_pid=$!
 wait_port "the PostgreSQL primary" "${pg_ports[0]}"
+# Listening is not ready: while it starts up the server refuses logins (57P03).
+for _ in $(seq 100); do
+  "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "${pg_ports[0]}" && break
+  sleep 0.1
+done
 PGPASSWORD=$password as_postgres "$pg_bin/pg_basebackup" -h 127.0.0.1 -p "${pg_ports[0]}" -U postgres -R -X stream \
-  -D "$run_dir/pg/standby" >"$run_dir/basebackup.log" 2>&1 || die "pg_basebackup failed: $run_dir/basebackup.log"
+  -D "$run_dir/pg/standby" >"$run_dir/basebackup.log" 2>&1 || die "pg_basebackup failed: $(cat "$run_dir/basebackup.log")"
 setsid setpriv --reuid=postgres --regid=postgres --init-groups -- \
   "$pg_bin/postgres" -D "$run_dir/pg/standby" -p "${pg_ports[1]}" -k "$run_dir/pg" >"$run_dir/pg-standby.log" 2>&1 &
 pg_pids+=("$!")

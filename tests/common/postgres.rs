@@ -143,6 +143,18 @@ impl Postgres {
                 assert!(Instant::now() < deadline, "postgres {name} not listening on {port}:\n{}", proc.log());
                 thread::sleep(Duration::from_millis(20));
             }
+            // Listening is not ready: while it starts up the server refuses logins (57P03).
+            let ready = || {
+                Command::new(format!("{}/pg_isready", pg_bin()))
+                    .args(["-q", "-h", "127.0.0.1", "-p"])
+                    .arg(port.to_string())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            while !ready() {
+                assert!(Instant::now() < deadline, "postgres {name} not ready on {port}:\n{}", proc.log());
+                thread::sleep(Duration::from_millis(20));
+            }
             drop(d);
             let dir = dir.borrow_mut().take().expect("taken once");
             Bound::Up(Postgres { addr: SocketAddr::from(([127, 0, 0, 1], port)), proc, data: data.clone(), _dir: dir })
