@@ -17,12 +17,10 @@ use std::slice;
 use std::time::Duration;
 
 use super::lexer::{
-    self, admin_addr, check_name, duration, http_path, is_hostname, listen_addr, method, not_ip, number, parse_ip,
-    show, status, Line, Token,
+    self, admin_addr, check_name, duration, is_hostname, listen_addr, not_ip, number, parse_ip, show, Line, Token,
 };
 use super::{
-    Balance, Bind, Check, CheckKind, Config, ConfigError, ListenAddr, Server, ServerTls, Service, Splice, Timeouts,
-    Verify,
+    Balance, Bind, Check, Config, ConfigError, ListenAddr, Server, ServerTls, Service, Splice, Timeouts, Verify,
 };
 
 const GLOBAL_ONLY: &[&str] = &["workers", "admin", "admin_token", "drain_timeout", "log", "user"];
@@ -42,7 +40,6 @@ const SERVICE_ONLY: &[&str] = &[
     "on_down",
 ];
 const SERVER_OPTIONS: &[&str] = &["weight", "backup", "disabled", "maxconn", "tls", "ca", "verify", "sni"];
-const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source", "maglev"];
 
@@ -51,7 +48,6 @@ const BALANCES: &[&str] = &["roundrobin", "leastconn", "first", "source", "magle
 const MAX_WORKERS: u64 = 256;
 const MAX_WEIGHT: u64 = super::MAX_WEIGHT as u64;
 const MAX_RETRIES: u64 = 100;
-const MAX_RISE_FALL: u64 = 1000;
 /// Connection caps: `Server::maxconn` is a `u32`.
 const MAX_COUNT: u64 = u32::MAX as u64;
 
@@ -440,7 +436,7 @@ fn service_directive(b: &mut Block, kw: &str, a: &[Token], n: usize, resolve: Re
             once(&mut b.seen, kw, n).and_then(|()| per_source(&mut b.svc.per_source, kw, a))
         }
         "check" => once(&mut b.seen, kw, n).and_then(|()| {
-            b.svc.check = Check { line: n, ..check(a)? };
+            b.svc.check = Check { line: n, ..super::parse_check::check(a)? };
             Ok(())
         }),
         "proxy_protocol" => once(&mut b.seen, kw, n).and_then(|()| {
@@ -644,63 +640,6 @@ fn timeout(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     Ok(())
 }
 
-pub(super) fn check(a: &[Token]) -> Res<Check> {
-    let Some(kind) = a.first() else {
-        return Err(arity("check tcp|send|http ... [interval D] [timeout D] [rise N] [fall N] [port N]"));
-    };
-    let is_expect = |t: &Token| t.bytes == b"expect";
-    // A database check's generic options, once its own words are taken out.
-    let db_opts: Vec<Token>;
-    let (kind, opts) = match text(kind)? {
-        "tcp" => (CheckKind::Tcp, &a[1..]),
-        "redis" => {
-            let (kind, rest) = super::parse_check::redis(&a[1..])?;
-            db_opts = rest;
-            (kind, &db_opts[..])
-        }
-        "pgsql" => {
-            let (kind, rest) = super::parse_check::pgsql(&a[1..])?;
-            db_opts = rest;
-            (kind, &db_opts[..])
-        }
-        "send" => match a {
-            [_, send, e, expect, rest @ ..] if is_expect(e) => {
-                if expect.bytes.is_empty() {
-                    let e = "the expect string is empty: give bytes the reply must contain";
-                    return Err(format!("{e}, e.g. expect \"+PONG\""));
-                }
-                (CheckKind::Send { send: send.bytes.clone(), expect: expect.bytes.clone() }, rest)
-            }
-            _ => return Err(arity("check send \"BYTES\" expect \"BYTES\" [options]")),
-        },
-        "http" => match a {
-            [_, m, p, e, st, rest @ ..] if is_expect(e) => {
-                let kind = CheckKind::Http {
-                    method: method(text(m)?)?,
-                    path: http_path(text(p)?)?,
-                    expect: status(text(st)?)?,
-                };
-                (kind, rest)
-            }
-            _ => return Err(arity("check http METHOD PATH expect STATUS [options]")),
-        },
-        k => return Err(choice("kind", k, &["tcp", "send", "http", "redis", "pgsql"])),
-    };
-    let mut c = Check { kind, ..Check::default() };
-    options(opts, |opt, it| {
-        match opt {
-            "interval" => c.interval = duration("interval ", value(it, "interval 2s")?, false)?,
-            "timeout" => c.timeout = duration("timeout ", value(it, "timeout 1s")?, false)?,
-            "rise" => c.rise = number("rise ", value(it, "rise N")?, 1, MAX_RISE_FALL)? as u32,
-            "fall" => c.fall = number("fall ", value(it, "fall N")?, 1, MAX_RISE_FALL)? as u32,
-            "port" => c.port = Some(number("port ", value(it, "port N")?, 1, 65535)? as u16),
-            _ => return Err(choice("option", opt, CHECK_OPTIONS)),
-        }
-        Ok(())
-    })?;
-    Ok(c)
-}
-
 /// IP literal or host name; a name is resolved now, and its first address is kept.
 fn server_addr(s: &str, resolve: Resolver) -> Res<SocketAddr> {
     let hint = "expected IP:PORT, [IPv6]:PORT or HOST:PORT, e.g. 127.0.0.1:9001";
@@ -744,7 +683,10 @@ fn one<'t>(a: &'t [Token], syntax: &str) -> Res<&'t str> {
 /// The next token of an option list, as the value of the option named in `example`.
 /// Walks `NAME [VALUE]` options, each allowed once: `apply` takes the option's value from the
 /// iterator when it has one.
-fn options<'t>(opts: &'t [Token], mut apply: impl FnMut(&'t str, &mut slice::Iter<'t, Token>) -> Res<()>) -> Res<()> {
+pub(super) fn options<'t>(
+    opts: &'t [Token],
+    mut apply: impl FnMut(&'t str, &mut slice::Iter<'t, Token>) -> Res<()>,
+) -> Res<()> {
     let mut seen = Vec::new();
     let mut it = opts.iter();
     while let Some(t) = it.next() {
@@ -758,7 +700,7 @@ fn options<'t>(opts: &'t [Token], mut apply: impl FnMut(&'t str, &mut slice::Ite
     Ok(())
 }
 
-fn value<'t>(it: &mut slice::Iter<'t, Token>, example: &str) -> Res<&'t str> {
+pub(super) fn value<'t>(it: &mut slice::Iter<'t, Token>, example: &str) -> Res<&'t str> {
     match it.next() {
         Some(t) => text(t),
         None => Err(format!("missing value: expected \"{example}\"")),

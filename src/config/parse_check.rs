@@ -1,16 +1,77 @@
-//! The database checks' own words on a `check` line: `check redis [role master|replica]
+//! The `check` line: its kind (`tcp`, `send … expect …`, `http …`, `redis`, `pgsql`) and the
+//! options every check takes. The database checks' own words: `check redis [role master|replica]
 //! [password FILE]` and `check pgsql user NAME [password FILE] [dbname NAME] [role
 //! primary|standby]`, mixed in any order with the options every check takes (`interval`,
 //! `timeout`, `rise`, `fall`, `port`), which go back to `check` to read. Only the form is
 //! checked here; a password file is read when the configuration is loaded (`super::secrets`),
 //! with errors on this same line.
 
-use super::lexer::{show, Token};
-use super::parse::{choice, text, Res};
-use super::{CheckKind, PgRole, RedisRole, Secret};
+use super::lexer::{duration, http_path, method, number, show, status, Token};
+use super::parse::{arity, choice, options, text, value, Res};
+use super::{Check, CheckKind, PgRole, RedisRole, Secret};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+
+const CHECK_OPTIONS: &[&str] = &["interval", "timeout", "rise", "fall", "port"];
+const MAX_RISE_FALL: u64 = 1000;
+
+pub(super) fn check(a: &[Token]) -> Res<Check> {
+    let Some(kind) = a.first() else {
+        return Err(arity("check tcp|send|http ... [interval D] [timeout D] [rise N] [fall N] [port N]"));
+    };
+    let is_expect = |t: &Token| t.bytes == b"expect";
+    // A database check's generic options, once its own words are taken out.
+    let db_opts: Vec<Token>;
+    let (kind, opts) = match text(kind)? {
+        "tcp" => (CheckKind::Tcp, &a[1..]),
+        "redis" => {
+            let (kind, rest) = redis(&a[1..])?;
+            db_opts = rest;
+            (kind, &db_opts[..])
+        }
+        "pgsql" => {
+            let (kind, rest) = pgsql(&a[1..])?;
+            db_opts = rest;
+            (kind, &db_opts[..])
+        }
+        "send" => match a {
+            [_, send, e, expect, rest @ ..] if is_expect(e) => {
+                if expect.bytes.is_empty() {
+                    let e = "the expect string is empty: give bytes the reply must contain";
+                    return Err(format!("{e}, e.g. expect \"+PONG\""));
+                }
+                (CheckKind::Send { send: send.bytes.clone(), expect: expect.bytes.clone() }, rest)
+            }
+            _ => return Err(arity("check send \"BYTES\" expect \"BYTES\" [options]")),
+        },
+        "http" => match a {
+            [_, m, p, e, st, rest @ ..] if is_expect(e) => {
+                let kind = CheckKind::Http {
+                    method: method(text(m)?)?,
+                    path: http_path(text(p)?)?,
+                    expect: status(text(st)?)?,
+                };
+                (kind, rest)
+            }
+            _ => return Err(arity("check http METHOD PATH expect STATUS [options]")),
+        },
+        k => return Err(choice("kind", k, &["tcp", "send", "http", "redis", "pgsql"])),
+    };
+    let mut c = Check { kind, ..Check::default() };
+    options(opts, |opt, it| {
+        match opt {
+            "interval" => c.interval = duration("interval ", value(it, "interval 2s")?, false)?,
+            "timeout" => c.timeout = duration("timeout ", value(it, "timeout 1s")?, false)?,
+            "rise" => c.rise = number("rise ", value(it, "rise N")?, 1, MAX_RISE_FALL)? as u32,
+            "fall" => c.fall = number("fall ", value(it, "fall N")?, 1, MAX_RISE_FALL)? as u32,
+            "port" => c.port = Some(number("port ", value(it, "port N")?, 1, 65535)? as u16),
+            _ => return Err(choice("option", opt, CHECK_OPTIONS)),
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
 
 /// `check redis ...` after the word `redis`: the check and the generic options.
 pub(super) fn redis(a: &[Token]) -> Res<(CheckKind, Vec<Token>)> {

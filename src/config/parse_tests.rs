@@ -2,7 +2,7 @@
 //! error path (line number and message), multiple errors at once, and garbage bytes.
 
 use super::*;
-use crate::config::{ServerTls, SniPattern, StatusMatch, Verify};
+use crate::config::{CheckKind, ServerTls, SniPattern, StatusMatch, Verify};
 
 /// One valid service (lines 1-3); each error case adds exactly one mistake to it. A macro, so
 /// `concat!` can build the cases from it.
