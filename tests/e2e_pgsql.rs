@@ -21,10 +21,6 @@ const PASSWORD: &str = "pg s3cret";
 const INTERVAL_MS: u64 = 200;
 const RISE: u64 = 2;
 
-fn wait_state(shunt: &Shunt, service: &str, server: &str, want: &str) -> String {
-    shunt.wait_server_state(service, server, want, T)
-}
-
 fn password_file(dir: &TempDir, name: &str, password: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("{password}\n")).unwrap();
@@ -54,10 +50,10 @@ fn writes_follow_the_primary_through_a_promotion() {
     );
     let shunt = start_shunt(&conf);
     let (write, read) = (shunt.addr("db-write"), shunt.addr("db-read"));
-    assert_eq!(wait_state(&shunt, "db-write", "s", "down"), "role is standby");
-    wait_state(&shunt, "db-write", "p", "up");
-    wait_state(&shunt, "db-read", "s", "up");
-    wait_state(&shunt, "db-read", "p", "up");
+    assert_eq!(shunt.wait_server_state("db-write", "s", "down", T), "role is standby");
+    shunt.wait_server_state("db-write", "p", "up", T);
+    shunt.wait_server_state("db-read", "s", "up", T);
+    shunt.wait_server_state("db-read", "p", "up", T);
     assert_eq!(psql(write, PASSWORD, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
     assert_eq!(psql(read, PASSWORD, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
     psql(write, PASSWORD, "CREATE TABLE w (i int)").unwrap();
@@ -174,14 +170,14 @@ fn every_login_method_passes_and_every_failure_says_why_without_stalling_other_p
     let shunt = start_shunt(&conf);
     // Every login method a server may ask for: SCRAM (good), cleartext, md5 and trust.
     for service in ["good", "cleartext", "md5", "trust"] {
-        wait_state(&shunt, service, "x", "up");
+        shunt.wait_server_state(service, "x", "up", T);
     }
-    let wrongpw = wait_state(&shunt, "wrongpw", "x", "down");
+    let wrongpw = shunt.wait_server_state("wrongpw", "x", "down", T);
     assert!(wrongpw.contains("password authentication failed for user \"postgres\" (28P01)"), "{wrongpw}");
-    let nouser = wait_state(&shunt, "nouser", "x", "down");
+    let nouser = shunt.wait_server_state("nouser", "x", "down", T);
     assert!(nouser.contains("nobody_here") && nouser.contains("(28"), "{nouser}");
-    assert_eq!(wait_state(&shunt, "notpg", "x", "down"), "the reply is not the PostgreSQL protocol");
-    assert_eq!(wait_state(&shunt, "stalled", "x", "down"), "timeout after 500ms");
+    assert_eq!(shunt.wait_server_state("notpg", "x", "down", T), "the reply is not the PostgreSQL protocol");
+    assert_eq!(shunt.wait_server_state("stalled", "x", "down", T), "timeout after 500ms");
     // The stalled server never held the others back: the good one is probed at its pace.
     let checks = || status_json(shunt.admin())["services"][0]["servers"][0]["checks"].as_u64().unwrap_or(0);
     let before = checks();

@@ -21,11 +21,6 @@ const PASSWORD: &str = "pw-s3cret";
 const INTERVAL_MS: u64 = 100;
 const RISE: u64 = 2;
 
-/// (state, last check detail) of `server` in `service`, from /status.
-fn wait_state(shunt: &Shunt, service: &str, server: &str, want: &str) -> String {
-    shunt.wait_server_state(service, server, want, T)
-}
-
 /// One `SET` on a new connection through `addr`, as an application's pool would open it:
 /// `Ok` or the error (a `-READONLY` reply, or a refused or reset connection).
 fn set(addr: SocketAddr, key: &str, value: &str) -> Result<(), String> {
@@ -83,10 +78,10 @@ fn writes_follow_the_master_through_a_role_swap_and_reads_stay_on_the_replica() 
 
     // The replica fails the master check by its role; as a backup, the master passes the
     // replica check.
-    assert_eq!(wait_state(&shunt, "cache", "b", "down"), "role is replica");
-    wait_state(&shunt, "cache", "a", "up");
-    wait_state(&shunt, "cache-ro", "b", "up");
-    wait_state(&shunt, "cache-ro", "a", "up");
+    assert_eq!(shunt.wait_server_state("cache", "b", "down", T), "role is replica");
+    shunt.wait_server_state("cache", "a", "up", T);
+    shunt.wait_server_state("cache-ro", "b", "up", T);
+    shunt.wait_server_state("cache-ro", "a", "up", T);
     let port = |addr: SocketAddr| cli(addr, pw, &["CONFIG", "GET", "port"]).lines().nth(1).unwrap_or("").to_string();
     assert_eq!(port(write), a.addr.port().to_string(), "writes go to the master");
     assert_eq!(port(read), b.addr.port().to_string(), "reads go to the replica");
@@ -187,11 +182,11 @@ fn failing_checks_say_why() {
         ok = password_file(&dir).display()
     );
     let shunt = start_shunt(&conf);
-    assert!(wait_state(&shunt, "none", "a", "down").starts_with("the server needs a password"));
-    assert!(wait_state(&shunt, "wrong", "a", "down").starts_with("AUTH refused: wrong password"));
-    wait_state(&shunt, "ro", "b", "up");
-    wait_state(&shunt, "acl", "a", "up");
+    assert!(shunt.wait_server_state("none", "a", "down", T).starts_with("the server needs a password"));
+    assert!(shunt.wait_server_state("wrong", "a", "down", T).starts_with("AUTH refused: wrong password"));
+    shunt.wait_server_state("ro", "b", "up", T);
+    shunt.wait_server_state("acl", "a", "up", T);
     // The master goes away: the replica's link is down, and its data stale.
     drop(a);
-    assert_eq!(wait_state(&shunt, "ro", "b", "down"), "replica with its master link down");
+    assert_eq!(shunt.wait_server_state("ro", "b", "down", T), "replica with its master link down");
 }

@@ -49,22 +49,6 @@ fn tls_echo(s: &mut TlsStream, seed: u64, len: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads until the peer closes (EOF or reset); how long that took, or None after `limit`.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < limit {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(start.elapsed()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-            Err(_) => return Some(start.elapsed()),
-        }
-    }
-    None
-}
-
 #[test]
 fn slow_handshakes_are_all_closed_at_timeout_handshake_and_reach_no_server() {
     const SILENT: usize = 100;

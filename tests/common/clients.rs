@@ -75,3 +75,21 @@ pub fn echoed_from(from: std::net::IpAddr, addr: SocketAddr) -> Option<TcpStream
     let mut back = [0u8; 5];
     (c.write_all(b"hello").is_ok() && c.read_exact(&mut back).is_ok() && &back == b"hello").then_some(c)
 }
+
+/// Reads (and discards) until the peer closes (EOF or reset): how long that took, or `None`
+/// after `limit`.
+pub fn closed_within(s: &mut TcpStream, limit: std::time::Duration) -> Option<std::time::Duration> {
+    use std::io::{ErrorKind, Read};
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}

@@ -46,7 +46,9 @@ impl HaproxySender {
     pub fn start(target: SocketAddr, send: &str) -> HaproxySender {
         let (addr, proc, dir) = start("haproxy sender", |port| {
             format!(
-                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+                // retries 0: a connection shunt refuses (a reset right after the header) must
+                // reach the client as it is, not come back as HAProxy's retries of it.
+                "defaults\n    mode tcp\n    retries 0\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
                  listen front\n    bind 127.0.0.1:{port}\n    server shunt {target} {send}\n"
             )
         });

@@ -123,15 +123,12 @@ impl Postgres {
     }
 
     fn start(name: &str, dir: TempDir, data: PathBuf) -> Postgres {
-        let (dir, data) = (std::cell::RefCell::new(Some(dir)), data);
-        on_free_port(name, |port| {
-            let d = dir.borrow();
-            let sockets = d.as_ref().expect("the directory until it starts").path().to_path_buf();
+        let (port, proc) = on_free_port(name, |port| {
             let mut cmd = as_postgres(&[&format!("{}/postgres", pg_bin()), "-D", data.to_str().unwrap()]);
             // No Unix socket: a test directory's path can pass the 107 bytes a socket path may
             // have, and TCP on loopback is what shunt and the clients use anyway.
             cmd.args(["-p", &port.to_string(), "-k", ""]);
-            let mut proc = Proc::spawn(&format!("postgres {name}"), cmd, &sockets.join("postgres.log"));
+            let mut proc = Proc::spawn(&format!("postgres {name}"), cmd, &dir.join("postgres.log"));
             let deadline = Instant::now() + START_TIMEOUT * 2;
             while !is_listening(proc.pid(), port) {
                 if let Some(st) = proc.try_status() {
@@ -155,10 +152,9 @@ impl Postgres {
                 assert!(Instant::now() < deadline, "postgres {name} not ready on {port}:\n{}", proc.log());
                 thread::sleep(Duration::from_millis(20));
             }
-            drop(d);
-            let dir = dir.borrow_mut().take().expect("taken once");
-            Bound::Up(Postgres { addr: SocketAddr::from(([127, 0, 0, 1], port)), proc, data: data.clone(), _dir: dir })
-        })
+            Bound::Up((port, proc))
+        });
+        Postgres { addr: SocketAddr::from(([127, 0, 0, 1], port)), proc, data, _dir: dir }
     }
 }
 
