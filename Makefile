@@ -5,7 +5,7 @@ CARGO ?= cargo
 # rustup installs cargo in ~/.cargo/bin, which a non-login shell (CI, sudo) may not have on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build run site test deps lint fmt bench bench-quick fuzz clean install uninstall
+.PHONY: all build run site ha test deps lint fmt bench bench-quick fuzz clean install uninstall
 
 all: build
 
@@ -19,6 +19,12 @@ run:
 # Redis master and replica, shunt in front of all of them (prints the addresses and a failover).
 site:
 	scripts/site-demo.sh
+
+# No single balancer: two shunt nodes and keepalived behind a virtual IP, with a client and two
+# web servers, in network namespaces (root); prints what to curl and how to cause a failover.
+# HA_ARGS: e.g. --active-active, --balance maglev.
+ha:
+	scripts/ha-demo.sh $(HA_ARGS)
 
 deps:
 	scripts/install-deps.sh

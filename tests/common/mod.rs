@@ -24,6 +24,7 @@
 //! and, used by name: [`certs`] (a private CA and the certificates it issues, made with the
 //! openssl CLI), [`redis`] (real Redis servers and redis-cli), [`postgres`] (a real PostgreSQL primary and
 //! standby, and psql), [`tls`] (TLS clients: rustls in-process, `openssl s_client`, curl over https),
+//! [`ha`] (the keepalived pair of scripts/ha-demo.sh, and a client that measures failovers),
 //! [`inproc`] (the balancer as a library in the test's process), [`topo`]
 //! (client, balancer and servers in namespaces joined by veth) and [`lab`] (the fault lab built
 //! on it: clients that check every byte, shunt's view, and the invariants every fault test
@@ -37,6 +38,7 @@ pub mod bins;
 pub mod bytes;
 pub mod certs;
 pub mod clients;
+pub mod ha;
 pub mod haproxy;
 pub mod http;
 pub mod inproc;
