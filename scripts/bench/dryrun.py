@@ -29,7 +29,7 @@ from .figures import METRICS, figures, one_line
 from .load import Holder, parse_iperf3, parse_wrk
 from .net import free_port
 from .peers import make_candidate
-from .procfs import (busy_pct, cpu_seconds, cpu_ticks, established_to, fd_count, is_listening,
+from .procfs import (busy_pct, cpu_seconds, cpu_ticks, established_to, fd_count, is_listening, machine_busy_seconds,
                      rss_kib, wakeups)
 from .procs import process_tree, run_cmd, stop_all
 from .report import write_outputs
@@ -197,6 +197,14 @@ def check_procfs():
     rss, statm = rss_kib(me), int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_KIB
     if rss <= 0 or abs(rss - statm) > 1024:
         raise Failed(f"rss_kib {rss} KiB, /proc/self/statm {statm} KiB")
+    # The whole machine was busy at least while this process spun on it.
+    machine, spun = machine_busy_seconds(), cpu_seconds(me)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
+    busy, spun = machine_busy_seconds() - machine, cpu_seconds(me) - spun
+    if busy < spun - 0.02:
+        raise Failed(f"machine_busy_seconds grew {busy:.2f} s while this process used {spun:.2f} s")
     woke = wakeups(me)
     time.sleep(0.01)  # a sleep is a voluntary context switch
     if wakeups(me) <= woke:
@@ -267,13 +275,21 @@ def check_figures_report(cfg, meta, out):
     for line in ("# shunt benchmark", "## Summary (medians)", "## Notes", "- synthetic results of --dry-run"):
         expect_in("results.md", line, md)
     shown = [m for m in METRICS if m.figure in cfg.only_figures]
+    def synthetic_median(i):
+        return statistics.median(synthetic_value(i, r) for r in range(1, ROUNDS + 1) if not failed_sample(i, r, len(cands)))
+
     for m in shown:
         cells = []
         for i, c in enumerate(cands):
-            vals = [synthetic_value(i, r) for r in range(1, ROUNDS + 1) if not failed_sample(i, r, len(cands))]
             ran = not (proxied_only[m.figure] and not make_candidate(c).proxied)
             flagged = ran and (i == 0 or i == len(cands) - 1)
-            cells.append((fmt(statistics.median(vals)) if ran else "—") + (" ⚠" if flagged else ""))
+            v, tag = synthetic_median(i), ""
+            if m.baseline == c:
+                tag = " (baseline)"
+            elif m.baseline is not None:
+                # Net of the baseline's median; no baseline in this run, no value.
+                v = v - synthetic_median(cands.index(m.baseline)) if m.baseline in cands else None
+            cells.append((fmt(v) + tag if ran else "—") + (" ⚠" if flagged else ""))
         arrow = {True: "↑", False: "↓", None: "·"}[m.higher_better]
         expect_in("results.md summary", f"| {m.title} ({m.unit}) | {arrow} | " + " | ".join(cells) + " |", md)
     if shown and len(cands) > 1:

@@ -11,17 +11,21 @@ from .common import BALANCER_CPUS, LOAD_CPUS, TLS_CANDIDATES, RunError, log
 from .load import hold_and_settle, iperf3, wrk
 from .net import warm_up
 from .peers import make_candidate
-from .procfs import busy_pct, cpu_seconds, cpu_ticks, fd_count, rss_kib, wakeups
+from .procfs import busy_pct, cpu_seconds, cpu_ticks, fd_count, machine_busy_seconds, rss_kib, wakeups
 from .stats import fmt
 from .strace import run_syscalls
 
 
 def cpu_block(inst, fn):
-    """Run fn() and return (its result, the balancer's CPU seconds meanwhile or None for direct)."""
+    """Run fn() and return (its result, the balancer's CPU seconds meanwhile or None for direct,
+    the whole machine's busy CPU seconds meanwhile: the balancer's process, the kernel's work on
+    its behalf wherever it ran, and the load and backends, which the report subtracts by
+    comparing with `direct`)."""
     pids = inst.pids()
-    before = cpu_seconds(pids)
+    before, machine_before = cpu_seconds(pids), machine_busy_seconds()
     res = fn()
-    return res, (cpu_seconds(inst.pids() or pids) - before if pids else None)
+    machine = machine_busy_seconds() - machine_before
+    return res, (cpu_seconds(inst.pids() or pids) - before if pids else None), machine
 
 
 def per_100k(cpu, requests):
@@ -33,48 +37,54 @@ def per_gb(cpu, nbytes):
 
 
 def run_keepalive(inst, cfg, **_):
-    w, cpu = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration))
+    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration))
     return {"metrics": {"rps": w["rps"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "requests": w["requests"],
-                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"])},
+                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"]),
+                        "machine_per_100k": per_100k(machine, w["requests"])},
             "errors": w["errors"], "raw": w["raw"]}
 
 
 def run_close(inst, cfg, **_):
-    w, cpu = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration, close=True))
+    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration, close=True))
     return {"metrics": {"rps": w["rps"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "requests": w["requests"],
-                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"])},
+                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"]),
+                        "machine_per_100k": per_100k(machine, w["requests"])},
             "errors": w["errors"], "raw": w["raw"]}
 
 
 def run_download(inst, cfg, **_):
-    w, cpu = cpu_block(inst, lambda: wrk(inst.web_port, "/1m", 8, cfg.duration))
+    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/1m", 8, cfg.duration))
     moved = w["bytes_read"] + w["bytes_sent"]
     return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
-                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved)},
+                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved),
+                        "machine_per_gb": per_gb(machine, moved)},
             "errors": w["errors"], "raw": w["raw"]}
 
 
 def run_tls_close(kind):
     def run(inst, cfg, **_):
-        w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports[kind], "/", 50, cfg.duration, close=True, scheme="https"))
+        w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports[kind], "/", 50, cfg.duration, close=True, scheme="https"))
         return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
-                            "cpu_per_100k": per_100k(cpu, w["requests"])},
+                            "cpu_per_100k": per_100k(cpu, w["requests"]),
+                            "machine_per_100k": per_100k(machine, w["requests"])},
                 "errors": w["errors"], "raw": w["raw"]}
     return run
 
 
 def run_tls_keepalive(inst, cfg, **_):
-    w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/", 50, cfg.duration, scheme="https"))
+    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/", 50, cfg.duration, scheme="https"))
     return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
-                        "cpu_per_100k": per_100k(cpu, w["requests"])},
+                        "cpu_per_100k": per_100k(cpu, w["requests"]),
+                            "machine_per_100k": per_100k(machine, w["requests"])},
             "errors": w["errors"], "raw": w["raw"]}
 
 
 def run_tls_download(inst, cfg, **_):
-    w, cpu = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/1m", 8, cfg.duration, scheme="https"))
+    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/1m", 8, cfg.duration, scheme="https"))
     moved = w["bytes_read"] + w["bytes_sent"]
     return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
-                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved)},
+                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved),
+                        "machine_per_gb": per_gb(machine, moved)},
             "errors": w["errors"], "raw": w["raw"]}
 
 
@@ -85,11 +95,12 @@ def run_iperf(streams):
         # And how often the balancer went to sleep and was woken (each wake-up costs the waker too).
         load_before, pids = cpu_ticks(LOAD_CPUS), inst.pids()
         wake_before = wakeups(pids)
-        r, cpu = cpu_block(inst, lambda: iperf3(inst.iperf_port, streams, cfg.duration))
+        r, cpu, machine = cpu_block(inst, lambda: iperf3(inst.iperf_port, streams, cfg.duration))
         load_busy = busy_pct(load_before, cpu_ticks(LOAD_CPUS))
         woke = per_gb(wakeups(pids) - wake_before, r["bytes"]) if pids else None
         return {"metrics": {"gbit_s": r["bits_per_second"] / 1e9, "bytes": r["bytes"], "retransmits": r["retransmits"],
                             "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, r["bytes"]), "load_cpu_busy_pct": load_busy,
+                            "machine_per_gb": per_gb(machine, r["bytes"]),
                             "wakeups_per_gb": woke},
                 "errors": {}}
     return run
@@ -157,8 +168,14 @@ def figures(cfg):
 
 
 class Metric:
-    def __init__(self, figure, key, title, unit, higher_better):
+    """One row of the report. With `baseline` (a candidate), every value is shown net of that
+    candidate's median: the whole machine's CPU per unit minus what the same load costs it
+    straight to the backends (wrk or iperf3 and the backends themselves) is what the balancer
+    costs the machine, in its process and in the kernel."""
+
+    def __init__(self, figure, key, title, unit, higher_better, baseline=None):
         self.figure, self.key, self.title, self.unit, self.higher_better = figure, key, title, unit, higher_better
+        self.baseline = baseline
 
 
 METRICS = [
@@ -176,6 +193,16 @@ METRICS = [
     Metric("download", "cpu_per_gb", "Balancer CPU per GB (1 MiB downloads)", "CPU-s", False),
     Metric("iperf1", "cpu_per_gb", "Balancer CPU per GB (iperf3, 1 stream)", "CPU-s", False),
     Metric("iperf4", "cpu_per_gb", "Balancer CPU per GB (iperf3, 4 streams)", "CPU-s", False),
+    Metric("keepalive", "machine_per_100k", "Whole-machine CPU per 100k requests (keep-alive), net of direct",
+           "CPU-s", False, baseline="direct"),
+    Metric("close", "machine_per_100k", "Whole-machine CPU per 100k requests (Connection: close), net of direct",
+           "CPU-s", False, baseline="direct"),
+    Metric("download", "machine_per_gb", "Whole-machine CPU per GB (1 MiB downloads), net of direct", "CPU-s", False,
+           baseline="direct"),
+    Metric("iperf1", "machine_per_gb", "Whole-machine CPU per GB (iperf3, 1 stream), net of direct", "CPU-s", False,
+           baseline="direct"),
+    Metric("iperf4", "machine_per_gb", "Whole-machine CPU per GB (iperf3, 4 streams), net of direct", "CPU-s", False,
+           baseline="direct"),
     # Context, not a score: near 100% the load core, not the balancer, bounds the Gbit/s above.
     Metric("iperf1", "load_cpu_busy_pct", "Load CPU busy during iperf3, 1 stream", "%", None),
     Metric("iperf4", "load_cpu_busy_pct", "Load CPU busy during iperf3, 4 streams", "%", None),

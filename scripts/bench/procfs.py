@@ -1,5 +1,5 @@
-"""What a process costs and which sockets exist, read from /proc: CPU seconds, per-CPU busy time
-(/proc/stat), voluntary context switches, RSS, open descriptors, the IPv4 TCP table.
+"""What a process costs and which sockets exist, read from /proc: CPU seconds, per-CPU and
+whole-machine busy time (/proc/stat), voluntary context switches, RSS, open descriptors, the IPv4 TCP table.
 
 Every reader tolerates a process that has just exited (it counts as nothing), because the
 benchmark samples balancers that may die under load."""
@@ -39,6 +39,20 @@ def cpu_ticks(cpus):
                 total += sum(v)
                 idle += v[3] + v[4]
     return total, idle
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine spent busy (every CPU: user, system, irq, softirq, steal), from
+    /proc/stat's aggregate line. Work the kernel does for a process in softirq or kworker context
+    is charged to whoever happens to run, not to the process: only this sees all of it."""
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] == "cpu":
+                # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+                v = [int(x) for x in fields[1:9]]
+                return (sum(v) - v[3] - v[4]) / CLK_TCK
+    return 0.0
 
 
 def wakeups(pids):

@@ -32,25 +32,37 @@ def machine_line(meta):
             f"ulimit -n {meta['nofile']}) · `{meta['command']}`{took}")
 
 
+def metric_values(samples, metric, cand):
+    """The values of `metric` for `cand`, net of the baseline's median when the metric has one
+    (none for the baseline itself: its row shows the raw median as the reference; none at all
+    when the baseline did not run)."""
+    vals = values(samples, metric.figure, cand, metric.key)
+    if metric.baseline is None or cand == metric.baseline:
+        return vals
+    base = med(values(samples, metric.figure, metric.baseline, metric.key))
+    return [] if base is None else [v - base for v in vals]
+
+
 def metric_table(samples, metric, cands):
     better = {True: "higher is better", False: "lower is better", None: "context, not a score"}[metric.higher_better]
     lines = [f"### {metric.title} ({metric.unit}) — {better}", ""]
-    peers = [p for p in PEERS if p in cands and values(samples, metric.figure, p, metric.key)]
+    peers = [p for p in PEERS if p in cands and metric_values(samples, metric, p)]
     head = ["candidate", "median", "min–max", "runs"] + [f"vs {p}" for p in peers] + ["errors"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cands:
         runs = [s for s in samples if s["figure"] == metric.figure and s["candidate"] == c]
         if not runs:
             continue
-        vals = values(samples, metric.figure, c, metric.key)
+        vals = metric_values(samples, metric, c)
         m = med(vals)
         failed = any(s.get("error") for s in runs)
         row = [f"**{c}**" if c == "shunt" else c, fmt(m),
                f"{fmt(min(vals))}–{fmt(max(vals))}" if vals else "—",
                f"{len(vals)}/{len(runs)}" if vals or failed else "—"]
         for p in peers:
-            pm = med(values(samples, metric.figure, p, metric.key))
-            row.append("—" if p == c or m is None or not pm else fmt_ratio(m / pm))
+            pm = med(metric_values(samples, metric, p))
+            base = c == metric.baseline
+            row.append("—" if p == c or base or m is None or not pm or pm < 0 else fmt_ratio(m / pm))
         row.append(error_notes(samples, metric.figure, c) or "")
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -72,9 +84,10 @@ def figures_markdown(results):
     for m in METRICS:
         row = [f"{m.title} ({m.unit})", {True: "↑", False: "↓", None: "·"}[m.higher_better]]
         for c in cands:
-            v = med(values(samples, m.figure, c, m.key))
+            v = med(metric_values(samples, m, c))
             flag = " ⚠" if error_notes(samples, m.figure, c) else ""
-            row.append(fmt(v) + flag)
+            base = " (baseline)" if c == m.baseline and v is not None else ""
+            row.append(fmt(v) + base + flag)
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     if any(error_notes(samples, m.figure, c) for m in METRICS for c in cands):
@@ -110,7 +123,10 @@ def setup_lines(meta, cfg):
         "idle timeouts 10 min; no logging. HAProxy: mode tcp, nbthread 1, maxconn 9000 (20000 needs 40k descriptors, over the limit); "
         "nginx: stream module, worker_processes 1, worker_connections 20000; shunt: workers 1, "
         "splice on (its default). CPU is utime+stime of the balancer's processes from /proc; "
-        "RSS is VmRSS summed over them.",
+        "whole-machine CPU is every CPU's busy time from /proc/stat over the run (softirq and kworkers "
+        "included: the kernel's work for the balancer is charged to whoever runs, mostly the load core), "
+        "net of the same load straight to the backends (`direct`, its row the baseline); "
+        "RSS is VmRSS summed over the balancer's processes.",
         "",
         "Versions: " + "; ".join(f"{k} `{v}`" for k, v in meta["versions"].items()),
         "",
