@@ -108,13 +108,19 @@ pub fn start_with(
 
     let io_err = |what| move |error| StartError::Io { what, error };
     let (health_thread, health_link) = health::prepare(&generation).map_err(io_err("health poll"))?;
+    // Every worker's poll, waker and channel first: each worker gets the links to all of them
+    // (it passes connections to the least loaded).
     let mut links = Vec::new();
-    let (exit_tx, exits) = crossbeam_channel::unbounded();
-    for (index, listeners) in per_worker.into_iter().enumerate() {
+    let mut ends = Vec::new();
+    for _ in 0..workers {
         let poll = Poll::new().map_err(io_err("worker poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), crate::token::WAKER).map_err(io_err("worker waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let link = WorkerLink { tx, waker: Arc::clone(&waker) };
+        links.push(WorkerLink { tx, waker });
+        ends.push((poll, rx));
+    }
+    let (exit_tx, exits) = crossbeam_channel::unbounded();
+    for (index, (listeners, (poll, rx))) in per_worker.into_iter().zip(ends).enumerate() {
         let setup = WorkerSetup {
             index,
             poll,
@@ -122,6 +128,7 @@ pub fn start_with(
             listeners,
             generation: Arc::clone(&generation),
             pipe_budget: budget.pipes_per_worker,
+            peers: links.clone(),
         };
         let worker =
             Worker::new(setup, Arc::clone(&stats), health_link.clone()).map_err(io_err("worker registration"))?;
@@ -130,7 +137,6 @@ pub fn start_with(
             .name(format!("shunt-worker-{index}"))
             .spawn(move || exit.send(worker.run()))
             .map_err(io_err("worker thread"))?;
-        links.push(link);
     }
     let health_handle = health_thread.spawn(links.clone()).map_err(io_err("health thread"))?;
     // The admin thread needs the supervisor, which must be able to stop it (an upgrade hands

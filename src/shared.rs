@@ -367,6 +367,23 @@ pub enum WorkerMsg {
     HandOver { deadline: Instant, sessions: crossbeam_channel::Sender<Vec<crate::session::Moving>> },
     /// Sessions moved in from the old process.
     Adopt(Vec<crate::session::Moving>),
+    /// A connection a more loaded worker accepted and passed on.
+    Dispatched(Accepted),
+}
+
+/// A client connection as it leaves `accept`: admitted under its service's caps (`service`
+/// holds the slot), allowed by the rules and per-source limits (`hold`, unless its PROXY header
+/// is still to come), not yet registered with any poll. Whichever worker starts its session
+/// gives all of it back at close.
+#[derive(Debug)]
+pub struct Accepted {
+    pub service: Arc<ServiceRuntime>,
+    pub stream: mio::net::TcpStream,
+    pub addr: std::net::SocketAddr,
+    pub hold: Option<crate::session::SourceHold>,
+    pub accept_proxy: bool,
+    /// When it was accepted: its handshake deadline counts from then.
+    pub at: Instant,
 }
 
 /// One listener of a worker after a reload: the one it holds for `conf` (the `ordinal`-th of

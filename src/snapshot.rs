@@ -122,6 +122,8 @@ pub struct WorkerLoad {
     pub sessions: u64,
     pub timers: u64,
     pub pipes: u64,
+    /// Connections it accepted and passed to a less loaded worker (a counter).
+    pub dispatched: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -210,7 +212,12 @@ pub fn take(stats: &Stats) -> Snapshot {
         per_worker: stats
             .workers
             .iter()
-            .map(|w| WorkerLoad { sessions: w.sessions.get(), timers: w.timers.get(), pipes: w.pipes.get() })
+            .map(|w| WorkerLoad {
+                sessions: w.sessions.get(),
+                timers: w.timers.get(),
+                pipes: w.pipes.get(),
+                dispatched: w.dispatched.get(),
+            })
             .collect(),
         services,
         per_ip: PerIpSnapshot::of(&stats.sources),

@@ -28,13 +28,13 @@ from .common import HOST, LOAD_CPUS, NGINX, NGINX_BACKEND_TEMPLATE, RunError
 from .figures import METRICS, figures, one_line
 from .load import Holder, parse_iperf3, parse_wrk
 from .net import free_port
-from .peers import make_candidate
+from .peers import make_candidate, worker_gauges
 from .procfs import (busy_pct, cpu_seconds, cpu_ticks, established_to, fd_count, is_listening, machine_busy_seconds,
                      rss_kib, wakeups)
 from .procs import process_tree, run_cmd, stop_all
 from .report import write_outputs
 from .samples import ROUNDS, failed_sample, synthetic_figures, synthetic_scaling, synthetic_value
-from .scaling import SCALING_METRICS, scaling_label
+from .scaling import SCALING_METRICS, scaling_label, spread_pct
 from .stats import fmt, fmt_ratio
 from .strace import best_haproxy, parse_strace
 
@@ -180,7 +180,12 @@ def check_format():
     expect("fmt_ratio(0.05)", fmt_ratio(0.05), "0.05×")
     line = one_line({"metrics": {"rps": 97466.51, "p99_ms": 1.21, "cpu_s": None}, "errors": {"read": 12}})
     expect("one_line", line, "97,467 req/s, 1.21 ms p99, ERRORS {'read': 12}")
-    return "fmt, fmt_ratio, the run log's one_line"
+    text = ('# TYPE shunt_worker_sessions gauge\nshunt_worker_sessions{worker="1"} 498\n'
+            'shunt_worker_sessions{worker="0"} 502\nshunt_worker_timers{worker="0"} 9\n')
+    expect("worker_gauges", worker_gauges(text, "shunt_worker_sessions", 3), [502.0, 498.0, 0.0])
+    expect("spread_pct", spread_pct([502.0, 498.0]), 0.4)
+    expect("spread_pct of nothing", spread_pct([0, 0]), None)
+    return "fmt, fmt_ratio, the run log's one_line, per-worker sessions and their spread"
 
 
 # ------------------------------------------------------------------------------------------------

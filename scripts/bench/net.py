@@ -1,4 +1,5 @@
-"""Loopback helpers: a fresh free port, polls for readiness, one HTTP GET to warm a balancer."""
+"""Loopback helpers: a fresh free port, polls for readiness, one HTTP GET to warm a balancer,
+and an admin endpoint's /metrics."""
 
 import socket
 import time
@@ -48,6 +49,19 @@ def http_get(port, path="/", timeout=3.0):
                 break
             data += chunk
     return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+def metrics_text(host, port, timeout=3.0):
+    """GET /metrics from an admin endpoint: the body (Prometheus text)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2].decode(errors="replace")
 
 
 def warm_up(port, count=20):

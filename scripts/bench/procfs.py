@@ -96,6 +96,21 @@ def fd_count(pids):
     return total
 
 
+def socket_count(pid):
+    """How many of the process's descriptors are sockets (0 once it has exited)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    n = 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
 def tcp_table():
     """(local port, remote port, state) of every IPv4 TCP socket; state 01 = ESTABLISHED, 0A = LISTEN."""
     with open("/proc/net/tcp") as f:

@@ -21,7 +21,17 @@ SCALING_METRICS = [
     Metric("scaling", "p50_ms", "wrk -c50 keep-alive p50 latency", "ms", False),
     Metric("scaling", "p99_ms", "wrk -c50 keep-alive p99 latency", "ms", False),
     Metric("scaling", "cpu_per_100k", "Balancer CPU per 100k requests", "CPU-s", False),
+    Metric("scaling", "spread_pct", "Largest gap of a worker's sessions from the mean (held connections)", "%",
+           False),
 ]
+
+
+def spread_pct(per_worker):
+    """How far the most distant worker is from the mean, in percent of it (None: not known)."""
+    if not per_worker or sum(per_worker) == 0:
+        return None
+    mean = sum(per_worker) / len(per_worker)
+    return 100.0 * max(abs(n - mean) for n in per_worker) / mean
 
 
 def scaling_label(name):
@@ -40,12 +50,13 @@ def scaling_sample(cand, n, cfg, backends, tmp):
         time.sleep(0.5)
         pids = inst.pids()
         rss, fds = rss_kib(pids), fd_count(pids)
+        per_worker = inst.worker_sessions()
         loaded = {}
 
         def sample_under_load():
             loaded["rss"], loaded["fds"] = rss_kib(inst.pids()), fd_count(inst.pids())
 
-        w, cpu = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.scaling_duration, during=sample_under_load))
+        w, cpu, _ = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.scaling_duration, during=sample_under_load))
         errors = dict(w["errors"])
         if info["connected"] < n:
             errors["not_connected"] = n - info["connected"]
@@ -57,7 +68,8 @@ def scaling_sample(cand, n, cfg, backends, tmp):
                             "rss_loaded_mib": loaded.get("rss", 0) / 1024, "fds": fds,
                             "fds_per_conn": (fds - base_fds) / k, "rps": w["rps"], "p50_ms": w["p50_ms"],
                             "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
-                            "cpu_per_100k": per_100k(cpu, w["requests"])},
+                            "cpu_per_100k": per_100k(cpu, w["requests"]), "per_worker": per_worker,
+                            "spread_pct": spread_pct(per_worker)},
                 "errors": errors, "hold": info, "raw": w["raw"]}
     finally:
         if holder:
@@ -81,6 +93,6 @@ def run_scaling(cfg, backends, tmp, results):
                 log(f"scaling {n:5} round {rnd + 1}/{cfg.rounds} {name:8} "
                     + (f"RSS {fmt(m['rss_mib'])} MiB ({fmt(m['kib_per_conn'])} KiB/conn), "
                        f"{fmt(m['fds_per_conn'])} fds/conn, {fmt(m['rps'])} req/s, p99 {fmt(m['p99_ms'])} ms, "
-                       f"{fmt(m['cpu_per_100k'])} CPU-s/100k" if m else "")
+                       f"{fmt(m['cpu_per_100k'])} CPU-s/100k, per worker {m['per_worker']}" if m else "")
                     + (f" ERRORS {sample['errors']}" if sample.get("errors") else "")
                     + (f" FAILED: {sample['error']}" if sample.get("error") else ""))

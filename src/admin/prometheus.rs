@@ -131,13 +131,16 @@ pub fn render(snap: &Snapshot, process: ProcessFacts, reloads: ReloadFacts) -> S
         o.sample(name, "", value);
     }
     type Load = fn(&WorkerLoad) -> u64;
-    let per_worker: [(&str, &str, Load); 3] = [
-        (WORKER_SESSIONS, "Sessions a worker holds now.", |w| w.sessions),
-        (WORKER_TIMERS, "Deadlines in a worker's timer heap (at most one per session).", |w| w.timers),
-        (WORKER_PIPES, "Pipes a worker holds, lent and idle (two descriptors each).", |w| w.pipes),
+    let per_worker: [(&str, &str, &str, Load); 4] = [
+        (WORKER_SESSIONS, "gauge", "Sessions a worker holds now.", |w| w.sessions),
+        (WORKER_TIMERS, "gauge", "Deadlines in a worker's timer heap (at most one per session).", |w| w.timers),
+        (WORKER_PIPES, "gauge", "Pipes a worker holds, lent and idle (two descriptors each).", |w| w.pipes),
+        (WORKER_DISPATCHED, "counter", "Connections a worker accepted and passed to a less loaded worker.", |w| {
+            w.dispatched
+        }),
     ];
-    for (name, help, get) in per_worker {
-        o.family(name, "gauge", help);
+    for (name, kind, help, get) in per_worker {
+        o.family(name, kind, help);
         for (i, w) in snap.per_worker.iter().enumerate() {
             o.sample(name, &format!("worker=\"{i}\""), get(w));
         }

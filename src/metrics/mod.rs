@@ -178,7 +178,8 @@ impl Default for ServiceCounters {
     }
 }
 
-/// A worker's own gauges (it is their only writer; set once per loop turn).
+/// A worker's own gauges (it is their only writer; set once per loop turn, `sessions` also
+/// whenever its table changes) and the one count other workers write.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
     /// Sessions in the worker's table now.
@@ -187,6 +188,19 @@ pub struct WorkerCounters {
     pub timers: Gauge,
     /// Pipes the worker holds now, lent to flows and idle in its pool (two descriptors each).
     pub pipes: Gauge,
+    /// Connections this worker accepted and passed to a less loaded one.
+    pub dispatched: Counter,
+    /// Connections other workers passed to this one that it has not started yet: part of its
+    /// load until it does. Written by the senders (add) and by this worker (take), so a real
+    /// read-modify-write, unlike the single-writer counts above.
+    pub incoming: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// How loaded the worker is for dispatching: its sessions and those on their way to it.
+    pub fn load(&self) -> u64 {
+        self.sessions.get() + self.incoming.load(Relaxed)
+    }
 }
 
 #[cfg(test)]

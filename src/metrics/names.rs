@@ -10,6 +10,7 @@ pub const WORKERS: &str = "shunt_workers";
 pub const WORKER_SESSIONS: &str = "shunt_worker_sessions";
 pub const WORKER_TIMERS: &str = "shunt_worker_timers";
 pub const WORKER_PIPES: &str = "shunt_worker_pipes";
+pub const WORKER_DISPATCHED: &str = "shunt_worker_dispatched_total";
 pub const RELOADS: &str = "shunt_reloads_total";
 pub const LAST_RELOAD: &str = "shunt_reload_last_success_timestamp_seconds";
 pub const CONFIG_GENERATION: &str = "shunt_config_generation";

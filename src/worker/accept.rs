@@ -7,7 +7,7 @@ use crate::limits;
 use crate::logs;
 use crate::net;
 use crate::session::{Phase, Session, Settings, SourceHold};
-use crate::shared::{ServiceRuntime, Stats};
+use crate::shared::{Accepted, ServiceRuntime, Stats};
 use crate::tls::TlsEnd;
 use crate::token::{self, Side};
 use log::debug;
@@ -73,7 +73,15 @@ impl Worker {
                                 }
                             },
                         };
-                        self.start_session(pool, stream, addr, hold, accept_proxy, now);
+                        if self.peers.len() < 2 {
+                            self.start_session(pool, stream, addr, hold, accept_proxy, now);
+                        } else {
+                            let service = Arc::clone(&rt);
+                            let conn = Accepted { service, stream, addr, hold, accept_proxy, at: now };
+                            if let Some(c) = self.dispatch(conn) {
+                                self.start_session(pool, c.stream, c.addr, c.hold, c.accept_proxy, now);
+                            }
+                        }
                         // Out of descriptors for its server connect: the rest of the batch
                         // would only be accepted to be reset.
                         if self.accept_paused_until.is_some() {
@@ -178,7 +186,7 @@ impl Worker {
     /// A client accepted under a connection slot `try_admit` took (the session gives it back
     /// when it closes).
     /// With `accept_proxy`, the session first waits for the client's PROXY header.
-    fn start_session(
+    pub(super) fn start_session(
         &mut self,
         pool: usize,
         stream: TcpStream,
@@ -223,7 +231,9 @@ impl Worker {
         }
         let entry = self.sessions.vacant_entry();
         let slot = entry.key();
-        let session = entry.insert(session);
+        entry.insert(session);
+        self.publish_load();
+        let session = &mut self.sessions[slot];
         if let Err(e) = self.poll.registry().register(
             &mut session.client,
             token::session(slot, Side::Client),

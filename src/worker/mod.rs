@@ -7,17 +7,19 @@
 //! closed); free the slots closed so far; handle messages, accept on ready listeners, fire due
 //! timers; free again. A slot is never reused while an event of the batch could still name it.
 //!
-//! Accepting lives in `accept.rs`, connecting and retrying in `connect.rs`, the worker's view of
-//! each service's servers in `pool.rs`; the loop, streaming, timers and closing here.
+//! Accepting lives in `accept.rs`, passing accepted connections to a less loaded worker in
+//! `dispatch.rs`, connecting and retrying in `connect.rs`, the worker's view of each service's
+//! servers in `pool.rs`; the loop, streaming, timers and closing here.
 
 mod accept;
 mod connect;
+mod dispatch;
 mod handshake;
 mod moving;
 mod pool;
 
 use crate::config::ListenAddr;
-use crate::health::HealthLink;
+use crate::health::{HealthLink, WorkerLink};
 use crate::logs::{self, Cause};
 use crate::metrics::WorkerCounters;
 use crate::relay::Pools;
@@ -102,6 +104,8 @@ pub struct WorkerSetup {
     pub generation: Arc<Generation>,
     /// Pipes the worker may hold at once (its share of the descriptor budget).
     pub pipe_budget: usize,
+    /// Every worker's channel and waker, this one's included (`peers[index]`).
+    pub peers: Vec<WorkerLink>,
 }
 
 pub struct Worker {
@@ -137,6 +141,12 @@ pub struct Worker {
     failure: Option<io::Error>,
     /// Where SNI passthrough peeks a ClientHello (one at a time, so one buffer per worker).
     hello: Box<[u8]>,
+    /// Every worker's channel and waker, for passing connections on (`dispatch.rs`).
+    peers: Vec<WorkerLink>,
+    /// Workers passed a connection this turn and not woken yet.
+    wake_pending: Vec<bool>,
+    /// Scratch for the workers' loads, read at each dispatch decision.
+    loads: Vec<u64>,
 }
 
 impl Worker {
@@ -171,6 +181,9 @@ impl Worker {
             fault: Fault::from_env(),
             failure: None,
             hello: vec![0; crate::tls::hello::MAX_HELLO].into_boxed_slice(),
+            wake_pending: vec![false; setup.peers.len()],
+            loads: Vec::with_capacity(setup.peers.len()),
+            peers: setup.peers,
         })
     }
 
@@ -214,6 +227,7 @@ impl Worker {
             self.handle_messages(now);
             self.resume_yielded(now);
             self.accept_ready(now);
+            self.wake_dispatched();
             if let Some(e) = self.failure.take() {
                 return Err(e);
             }
@@ -236,9 +250,13 @@ impl Worker {
     }
 
     fn reap(&mut self) {
+        if self.closed.is_empty() {
+            return;
+        }
         for slot in self.closed.drain(..) {
             self.sessions.remove(slot);
         }
+        self.publish_load();
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -288,6 +306,7 @@ impl Worker {
                     let _ = sessions.send(moving);
                 }
                 WorkerMsg::Adopt(moved) => self.adopt(moved, now),
+                WorkerMsg::Dispatched(conn) => self.take_dispatched(conn, now),
             }
         }
     }

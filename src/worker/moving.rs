@@ -86,5 +86,6 @@ impl Worker {
             self.arm_timer(slot);
             self.pump(slot, now);
         }
+        self.publish_load();
     }
 }
