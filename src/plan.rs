@@ -9,7 +9,7 @@
 //! address as spelled.
 
 use crate::admin::json_string;
-use crate::config::{check_text, duration_text as dur, Config, ListenAddr, Server, Service};
+use crate::config::{check_text, duration_text as dur, Bind, Config, ListenAddr, Server, Service};
 use std::fmt::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,14 +221,14 @@ fn servers(plan: &mut Plan, o: &Service, s: &Service, live: &impl Live) {
     }
 }
 
-/// Every bind as (service, address, ordinal among binds spelled the same, accept_proxy), in
-/// file order.
-fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize, bool)> {
-    let mut out: Vec<(&str, ListenAddr, usize, bool)> = Vec::new();
+/// Every bind as (service, address, ordinal among binds spelled the same, the bind), in file
+/// order.
+fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize, &Bind)> {
+    let mut out: Vec<(&str, ListenAddr, usize, &Bind)> = Vec::new();
     for s in &c.services {
         for b in &s.binds {
             let ordinal = out.iter().filter(|(_, a, _, _)| *a == b.addr).count();
-            out.push((&s.name, b.addr, ordinal, b.accept_proxy));
+            out.push((&s.name, b.addr, ordinal, b));
         }
     }
     out
@@ -236,8 +236,8 @@ fn binds(c: &Config) -> Vec<(&str, ListenAddr, usize, bool)> {
 
 fn listeners(plan: &mut Plan, old: &Config, new: &Config) {
     let (before, after) = (binds(old), binds(new));
-    for &(service, addr, ordinal, proxy) in &after {
-        let Some(&(was, _, _, was_proxy)) = before.iter().find(|(_, a, n, _)| *a == addr && *n == ordinal) else {
+    for &(service, addr, ordinal, bind) in &after {
+        let Some(&(was, _, _, was_bind)) = before.iter().find(|(_, a, n, _)| *a == addr && *n == ordinal) else {
             plan.push(What::Added, "listener", &addr.to_string(), vec![format!("service {service}")], 0);
             continue;
         };
@@ -245,9 +245,14 @@ fn listeners(plan: &mut Plan, old: &Config, new: &Config) {
         if was != service {
             fields.push(format!("service {was} -> {service}"));
         }
-        if was_proxy != proxy {
-            let on = |p: bool| if p { "on" } else { "off" };
-            fields.push(format!("accept_proxy {} -> {} for new connections", on(was_proxy), on(proxy)));
+        let on = |p: bool| if p { "on" } else { "off" };
+        for (option, then, now) in [
+            ("accept_proxy", was_bind.accept_proxy, bind.accept_proxy),
+            ("defer_accept", was_bind.defer_accept, bind.defer_accept),
+        ] {
+            if then != now {
+                fields.push(format!("{option} {} -> {} for new connections", on(then), on(now)));
+            }
         }
         if !fields.is_empty() {
             plan.push(What::Changed, "listener", &addr.to_string(), fields, 0);
@@ -417,7 +422,7 @@ mod tests {
              server c 127.0.0.1:3\nservice gone\n bind 127.0.0.1:1002\n server z 127.0.0.1:9\n",
         );
         let new = conf(
-            "workers 2\nservice web\n balance leastconn\n bind 127.0.0.1:1000 accept_proxy\n bind 127.0.0.1:1003\n\
+            "workers 2\nservice web\n balance leastconn\n bind 127.0.0.1:1000 accept_proxy defer_accept\n bind 127.0.0.1:1003\n\
              server a 127.0.0.1:1 weight 3\n server b 127.0.0.1:22\n server d 127.0.0.1:4\nservice fresh\n\
              bind 127.0.0.1:1002\n server y 127.0.0.1:8\n",
         );
@@ -435,7 +440,8 @@ mod tests {
             "+ listener 127.0.0.1:1003: service web\n",
             "~ listener 127.0.0.1:1002: service gone -> fresh\n",
             "- listener 127.0.0.1:1001: service web; sessions it accepted go on\n",
-            "~ listener 127.0.0.1:1000: accept_proxy off -> on for new connections\n",
+            "~ listener 127.0.0.1:1000: accept_proxy off -> on for new connections; defer_accept off -> on for new \
+             connections\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -1,5 +1,6 @@
 //! The system calls the standard library, mio and socket2 do not wrap: splice(2) through pipes,
-//! reads and sends on borrowed descriptors, `SIOCOUTQ`, and the descriptor limit. This is the
+//! reads and sends on borrowed descriptors, `SIOCOUTQ`, `TCP_DEFER_ACCEPT`, and the descriptor
+//! limit. This is the
 //! only module with `unsafe`; every block says why it is sound. Everything else in the crate
 //! talks to the kernel through these safe functions.
 
@@ -81,6 +82,25 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads at most `buf.len()` bytes from memory we borrow.
     let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
     cvt(n)
+}
+
+/// `TCP_DEFER_ACCEPT` on a listening socket: `seconds` > 0 has the kernel hand over a connection
+/// only once the client's first bytes arrived (or, for a client that says nothing, once that
+/// long has passed and a retransmitted SYN-ACK was answered); 0 turns it off.
+pub(crate) fn set_defer_accept(listener: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a live local; the
+    // descriptor is borrowed, so it stays open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    cvt(rc as isize).map(drop)
 }
 
 /// Bytes written to a TCP socket that its peer has not acknowledged yet (`SIOCOUTQ`, tcp(7)):

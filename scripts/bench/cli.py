@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .backends import Backends
-from .common import (CANDIDATES, HAPROXY, NGINX, ROOT, SCALING_CANDIDATES, SHUNT_BIN,
+from .common import (CANDIDATES, HAPROXY, OPTIONAL_CANDIDATES, NGINX, ROOT, SCALING_CANDIDATES, SHUNT_BIN,
                      STREAM_MODULE, BenchError, RunError, log)
 from .figures import run_figures
 from .load import hold_helper
@@ -38,11 +38,13 @@ class Settings:
         self.figures = not args.scaling or args.all
         self.scaling = args.scaling or args.all
         only = [c.strip() for c in args.only.split(",")] if args.only else None
+        known_candidates = CANDIDATES + OPTIONAL_CANDIDATES
         if only:
-            unknown = [c for c in only if c not in CANDIDATES]
+            unknown = [c for c in only if c not in known_candidates]
             if unknown:
-                raise BenchError(f"--only: unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
-        self.candidates = [c for c in CANDIDATES if not only or c in only]
+                raise BenchError(f"--only: unknown candidate(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(known_candidates)}")
+        self.candidates = [c for c in known_candidates if (c in only if only else c in CANDIDATES)]
         known = ["keepalive", "close", "download", "iperf1", "iperf4", "idle", "syscalls",
                  "tls_close_ecdsa", "tls_close_rsa", "tls_keepalive", "tls_download"]
         self.only_figures = [f.strip() for f in args.figures.split(",")] if args.figures else known
@@ -106,7 +108,8 @@ def parse_args(argv, doc):
     p = argparse.ArgumentParser(prog="bench.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 2000 idle connections (about 2 minutes)")
     p.add_argument("--rounds", type=int, help="rounds per figure (default 3; 1 with --quick)")
-    p.add_argument("--only", help=f"comma-separated candidates (default all: {','.join(CANDIDATES)})")
+    p.add_argument("--only", help=f"comma-separated candidates (default all: {','.join(CANDIDATES)}; "
+                   f"also: {','.join(OPTIONAL_CANDIDATES)})")
     p.add_argument("--figures", help="comma-separated subset of keepalive,close,download,iperf1,iperf4,idle,syscalls,"
                         "tls_close_ecdsa,tls_close_rsa,tls_keepalive,tls_download")
     p.add_argument("--scaling", action="store_true", help="run only the 2-worker scaling part")

@@ -21,6 +21,9 @@ LOAD_CPUS = "1"  # wrk, iperf3, backends, helper clients
 SCALING_CPUS = "0,1"  # 2 workers: the balancer may use both cores (load stays on CPU 1)
 
 CANDIDATES = ["direct", "shunt", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]
+# Variants for A/B measurements, run only when --only names them: shunt with `defer_accept` on
+# its web and TLS binds.
+OPTIONAL_CANDIDATES = ["shunt-defer-accept"]
 PEERS = ["haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]  # ratio columns
 SCALING_CANDIDATES = ["shunt", "haproxy", "nginx"]
 TLS_CANDIDATES = ["shunt", "haproxy", "nginx"]  # the TLS figures' candidates

@@ -123,6 +123,11 @@ class Direct(Candidate):
 class Shunt(Candidate):
     tools = (str(SHUNT_BIN),)
 
+    def __init__(self, name, bind_options=""):
+        super().__init__(name)
+        # Added to the web and TLS binds (clients that speak first), e.g. " defer_accept".
+        self.bind_options = bind_options
+
     def config(self, d, web_port, iperf_port, backends, workers):
         a, b = backends.web_ports
         # With several workers, the admin endpoint says how the sessions spread over them.
@@ -134,7 +139,7 @@ workers        {workers}
 drain_timeout  1s      # stopped by signal at the end of a measurement; nothing to drain
 
 service web
-  bind         {HOST}:{web_port}
+  bind         {HOST}:{web_port}{self.bind_options}
   balance      roundrobin
   server       web-a {HOST}:{a}
   server       web-b {HOST}:{b}
@@ -149,7 +154,7 @@ service iperf
   timeout      idle 10m
 """ + "".join(f"""
 service tls-{kind}
-  bind         {HOST}:{port}
+  bind         {HOST}:{port}{self.bind_options}
   tls          cert {self.certs[kind].cert} key {self.certs[kind].key}
   balance      roundrobin
   server       web-a {HOST}:{a}
@@ -307,6 +312,7 @@ def make_candidate(name):
     return {
         "direct": lambda: Direct(name),
         "shunt": lambda: Shunt(name),
+        "shunt-defer-accept": lambda: Shunt(name, " defer_accept"),
         "haproxy": lambda: HAProxy(name, None),
         "haproxy-splice-auto": lambda: HAProxy(name, "auto"),
         "haproxy-splice": lambda: HAProxy(name, "forced"),

@@ -256,6 +256,10 @@ pub struct Bind {
     /// `accept_proxy`: every client of this bind starts with a PROXY header (v1 or v2), whose
     /// client address then stands for the peer's.
     pub accept_proxy: bool,
+    /// `defer_accept`: the kernel hands over a connection once its client has sent something
+    /// (`TCP_DEFER_ACCEPT`), sparing a wake-up per connection; only for protocols where the
+    /// client speaks first (HTTP, TLS, PROXY), never SMTP, MySQL or the like.
+    pub defer_accept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

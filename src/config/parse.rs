@@ -521,15 +521,24 @@ fn acl_line(rules: &mut Vec<Rule>, kw: &str, a: &[Token], n: usize) -> Res<()> {
 
 fn bind(b: &mut Block, a: &[Token], n: usize) -> Res<()> {
     b.any_bind = true;
-    let (addr, accept_proxy) = match a {
-        [addr] => (text(addr)?, false),
-        [addr, opt] if opt.bytes == b"accept_proxy" => (text(addr)?, true),
-        [_, opt] => {
-            return Err(format!("unknown option {}: expected accept_proxy", show(&String::from_utf8_lossy(&opt.bytes))))
-        }
-        _ => return Err(arity("bind ADDR [accept_proxy]")),
+    let Some((addr, options)) = a.split_first() else {
+        return Err(arity("bind ADDR [accept_proxy] [defer_accept]"));
     };
-    b.svc.binds.push(Bind { addr: listen_addr(addr)?, line: n, accept_proxy });
+    let mut bind = Bind { addr: listen_addr(text(addr)?)?, line: n, accept_proxy: false, defer_accept: false };
+    for opt in options {
+        let flag = match opt.bytes.as_slice() {
+            b"accept_proxy" => &mut bind.accept_proxy,
+            b"defer_accept" => &mut bind.defer_accept,
+            other => {
+                let other = show(&String::from_utf8_lossy(other));
+                return Err(format!("unknown option {other}: expected accept_proxy or defer_accept"));
+            }
+        };
+        if std::mem::replace(flag, true) {
+            return Err(format!("{} given twice", String::from_utf8_lossy(&opt.bytes)));
+        }
+    }
+    b.svc.binds.push(bind);
     Ok(())
 }
 

@@ -40,7 +40,7 @@ fn srv(name: &str, addr: &str, line: usize) -> Server {
 
 fn svc(name: &str, line: usize, binds: &[(ListenAddr, usize)]) -> Service {
     let mut s = Block::new(name.into(), line).svc;
-    s.binds = binds.iter().map(|&(addr, line)| Bind { addr, line, accept_proxy: false }).collect();
+    s.binds = binds.iter().map(|&(addr, line)| Bind { addr, line, accept_proxy: false, defer_accept: false }).collect();
     s
 }
 
@@ -184,7 +184,7 @@ fn defaults() {
     let web = Service {
         name: "web".into(),
         line: 1,
-        binds: vec![Bind { addr: ListenAddr::Any(0), line: 2, accept_proxy: false }],
+        binds: vec![Bind { addr: ListenAddr::Any(0), line: 2, accept_proxy: false, defer_accept: false }],
         balance: Balance::RoundRobin,
         servers: vec![srv("a", "127.0.0.1:9001", 3)],
         check: Check::default(),
@@ -321,6 +321,17 @@ fn offline_parsing_checks_host_names_without_resolving_them() {
 }
 
 #[test]
+fn bind_options_in_any_order() {
+    let c = parse(
+        "service web\nbind 127.0.0.1:1 defer_accept accept_proxy\nbind 127.0.0.1:2 accept_proxy\n\
+         bind 127.0.0.1:3 defer_accept\nserver a 127.0.0.1:9\n",
+    )
+    .unwrap();
+    let flags: Vec<(bool, bool)> = c.services[0].binds.iter().map(|b| (b.accept_proxy, b.defer_accept)).collect();
+    assert_eq!(flags, [(true, true), (true, false), (false, true)]);
+}
+
+#[test]
 fn binds_that_do_not_overlap_are_fine() {
     let src = "service a\nbind *:0\nbind *:0\nbind 127.0.0.1:0\nbind [::]:80\nbind 0.0.0.0:80\n\
                bind 127.0.0.1:81\nbind 127.0.0.2:81\nbind [::1]:82\nbind 0.0.0.0:82\n\
@@ -449,7 +460,9 @@ error_cases! {
     proxy_protocol_version: ok!(+ "proxy_protocol v3
 ") => 4, r#"unknown version "v3": expected one of v1, v2"#;
     unknown_bind_option: "service web\nbind *:0 accept-proxy\nserver a 127.0.0.1:1\n"
-        => 2, r#"bind: unknown option "accept-proxy": expected accept_proxy"#;
+        => 2, r#"bind: unknown option "accept-proxy": expected accept_proxy or defer_accept"#;
+    bind_option_twice: "service web\nbind *:0 defer_accept defer_accept\nserver a 127.0.0.1:1\n"
+        => 2, "bind: defer_accept given twice";
     user_name_with_a_slash: "user ../root\nservice web\nbind *:0\nserver a 127.0.0.1:1\n"
         => 1, r#"user: "../root" is not a user name (letters, digits, _ - ., at most 32)"#;
     redis_role_unknown: ok!(+ "check redis role leader\n")

@@ -29,7 +29,9 @@ pub fn render(c: &Config) -> String {
     for s in &c.services {
         let _ = writeln!(o, "\nservice {}", s.name);
         for b in &s.binds {
-            let _ = writeln!(o, "  bind {}{}", b.addr, if b.accept_proxy { " accept_proxy" } else { "" });
+            let proxy = if b.accept_proxy { " accept_proxy" } else { "" };
+            let defer = if b.defer_accept { " defer_accept" } else { "" };
+            let _ = writeln!(o, "  bind {}{proxy}{defer}", b.addr);
         }
         let _ = writeln!(o, "  balance {}", s.balance.name());
         for v in &s.servers {
@@ -262,7 +264,7 @@ mod tests {
     fn every_setting_survives_a_round_trip() {
         round_trip(
             "workers 3\nmax_conns 500\nadmin [::1]:9090\nadmin_token \"/etc/a b#c\"\nuser www-data\ndrain_timeout 250ms\nlog debug\n\
-             service web\n bind *:8080\n bind [::1]:8081 accept_proxy\n bind 0.0.0.0:8082\n server a 127.0.0.1:1 weight 0 backup disabled maxconn 7\n\
+             service web\n bind *:8080\n bind [::1]:8081 accept_proxy\n bind 0.0.0.0:8082 defer_accept\n server a 127.0.0.1:1 weight 0 backup disabled maxconn 7\n\
              server b [::1]:2\n check http HEAD /h?x=1 expect 2xx interval 5m timeout 1500ms rise 4 fall 5 port 99\n\
              retries 0\n timeout connect 1h\n timeout idle 90s\n timeout fin 2s\n timeout queue 0s\n max_conns 9\n splice off\n\
              timeout handshake 3s\n tls cert a.pem key \"b c.key\"\n tls cert d.pem key e.key\n tls versions 1.3\n\

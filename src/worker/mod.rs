@@ -157,6 +157,7 @@ impl Worker {
             setup.poll.registry().register(&mut socket, token::listener(i), Interest::READABLE)?;
             let (pool, conf, ordinal) = (l.service, l.conf, l.ordinal);
             let accept_proxy = accepts_proxy(&setup.generation, conf, ordinal);
+            apply_defer_accept(&socket, &setup.generation, conf, ordinal);
             listeners.push(Listener { pool, conf, ordinal, socket, ready: true, full_since: None, accept_proxy });
         }
         Ok(Worker {
@@ -373,6 +374,7 @@ impl Worker {
                 } else {
                     registry.reregister(&mut socket, tok, Interest::READABLE)
                 };
+                apply_defer_accept(&socket, &self.generation, change.conf, change.ordinal);
                 match registered {
                     // Ready until an accept says otherwise: a kept socket may hold a backlog.
                     Ok(()) => self.listeners.push(Listener {
@@ -581,6 +583,20 @@ impl Worker {
             // Descriptors were freed: paused accepts may go on.
             self.accept_paused_until = None;
         }
+    }
+}
+
+/// How long `defer_accept` lets a client that says nothing wait before the kernel hands it over
+/// anyway (a retransmitted SYN-ACK answered): one second, as nginx's `deferred`.
+const DEFER_ACCEPT_SECS: u32 = 1;
+
+/// `TCP_DEFER_ACCEPT` on a listener as its bind says now, set or cleared at start and at every
+/// reload, so a kept socket follows the conf. Failing costs only the saved wake-up: warned.
+fn apply_defer_accept(socket: &TcpListener, generation: &Generation, conf: ListenAddr, ordinal: usize) {
+    let on = generation.config.bind_at(conf, ordinal).is_some_and(|b| b.defer_accept);
+    let seconds = if on { DEFER_ACCEPT_SECS } else { 0 };
+    if let Err(e) = crate::sys::set_defer_accept(std::os::fd::AsFd::as_fd(socket), seconds) {
+        logs::limited_warn("defer_accept", format_args!("listener {conf}: TCP_DEFER_ACCEPT: {e}"));
     }
 }
 

@@ -13,7 +13,12 @@ pub fn service(servers: Vec<(&str, SocketAddr, u32)>) -> Service {
     Service {
         name: "svc".into(),
         line: 1,
-        binds: vec![Bind { addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()), line: 2, accept_proxy: false }],
+        binds: vec![Bind {
+            addr: ListenAddr::Addr("127.0.0.1:0".parse().unwrap()),
+            line: 2,
+            accept_proxy: false,
+            defer_accept: false,
+        }],
         balance: Balance::RoundRobin,
         servers: servers
             .into_iter()
