@@ -257,6 +257,14 @@ impl Session {
         self.phase = Phase::Connecting { since: now };
     }
 
+    /// Whether the backend's events since this connect attempt began show it connected without
+    /// asking the kernel: writable, with neither a FIN nor an error. (Linux reports a connecting
+    /// TCP socket writable only once connected, and a failed one with EPOLLERR as well.)
+    pub fn backend_seen_connected(&self) -> bool {
+        let r = &self.backend_ready;
+        r.writable && !r.closed && !r.error
+    }
+
     /// The backend connect completed.
     pub fn connected(&mut self, now: Instant) {
         if let Phase::Connecting { since } = self.phase {

@@ -113,8 +113,7 @@ impl Worker {
         }
     }
 
-    /// A backend event while connecting: did the connect complete? (mio: writable, then
-    /// `take_error`, then `peer_addr`; `NotConnected` means not yet.) For a TLS server, the
+    /// A backend event while connecting: did the connect complete? For a TLS server, the
     /// handshake follows and the session streams once it is done.
     pub(super) fn check_connect(&mut self, slot: usize, now: Instant) {
         let session = &mut self.sessions[slot];
@@ -124,15 +123,20 @@ impl Worker {
         let Some(stream) = session.backend.as_ref() else {
             return;
         };
-        // The happy path costs one call: a connected socket has a peer. `NotConnected` means
-        // still connecting or failed, which `take_error` tells apart.
-        let outcome = match stream.peer_addr() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => match stream.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => return,
-            },
-            Err(e) => Err(e),
+        // The happy path costs no call: its events say so (`tcp_poll` reports nothing in
+        // SYN_SENT). Anything else asks the kernel, as mio advises: a connected socket has a
+        // peer; `NotConnected` means still connecting or failed, which `take_error` tells.
+        let outcome = if session.backend_seen_connected() {
+            Ok(())
+        } else {
+            match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => match stream.take_error() {
+                    Ok(Some(e)) | Err(e) => Err(e),
+                    Ok(None) => return,
+                },
+                Err(e) => Err(e),
+            }
         };
         match outcome {
             Err(e) => self.connect_failed(slot, &e.to_string(), false, now),
