@@ -1,5 +1,5 @@
-"""scaling.png: four panels (RSS, RSS per connection, CPU per 100k requests, p99 latency) against
-the number of held connections, one line per candidate with min–max error bars, drawn by gnuplot.
+"""scaling.png: five panels (RSS, RSS per connection, CPU per 100k requests, p99 latency, and how
+far a worker's sessions are from the mean) against the number of held connections, one line per candidate with min–max error bars, drawn by gnuplot.
 
 Without gnuplot there is no plot (scaling.md then has no image link): scripts/bench.sh installs
 gnuplot-nox, and a hand-drawn substitute was one more thing to keep working."""
@@ -14,7 +14,9 @@ from .stats import med, values
 PLOT_PANELS = [("rss_mib", "Balancer RSS holding the connections (MiB)"),
                ("kib_per_conn", "RSS per held connection (KiB)"),
                ("cpu_per_100k", "Balancer CPU-s per 100k requests (wrk -c50 on top)"),
-               ("p99_ms", "p99 latency, wrk -c50 keep-alive (ms)")]
+               ("p99_ms", "p99 latency, wrk -c50 keep-alive (ms)"),
+               # HAProxy's threads share their sessions: no line for it here.
+               ("spread_pct", "Sessions per worker: largest gap from the mean (%)")]
 
 
 def plot_series(results):
@@ -60,13 +62,14 @@ def plot_gnuplot(results, out_dir):
         col = 2 + 3 * i
         plots = ", ".join(f"'{files[c]}' using 1:{col}:{col + 1}:{col + 2} with yerrorlines lw 2 title '{scaling_label(c)}'"
                           for c in files)
-        script += [f"set title '{title}'", f"plot {plots}"]
+        quoted = title.replace("'", "''")  # gnuplot's single-quoted strings double a quote
+        script += [f"set title '{quoted}'", f"plot {plots}"]
     body = "\n".join(script)
     # pngcairo draws better; the plain png terminal is there for gnuplot builds without cairo.
-    for terminal in ("pngcairo size 1300,900 font ',10'", "png size 1300,900"):
+    for terminal in ("pngcairo size 1800,900 font ',10'", "png size 1800,900"):
         gp = f"""set terminal {terminal}
 set output '{png}'
-set multiplot layout 2,2 title 'shunt vs HAProxy vs nginx, 2 workers: cost as held connections grow ({results["meta"]["date"]})'
+set multiplot layout 2,3 title 'shunt vs HAProxy vs nginx, 2 workers: cost as held connections grow ({results["meta"]["date"]})'
 set termoption noenhanced
 set grid
 set key top left
