@@ -28,6 +28,32 @@ const POOL_MAX_IDLE: usize = 256;
 const TURN_BUDGET: usize = 64;
 /// Reads and splices smaller than this (and than the room offered) mark small messages.
 const BULK_SPLICE: usize = 4096;
+/// A splice into the pipe this big says the source streams: it gets a receive low-water mark
+/// of [`LOW_WATER`], so the worker wakes once per that much data instead of for every few
+/// segments (each wake-up costs the core that delivers the data too).
+const LOW_WATER_AFTER: usize = 64 * 1024;
+const LOW_WATER: usize = 128 * 1024;
+
+/// A flow's receive low-water mark on its source. The kernel does not wake a reader below the
+/// mark when the sender simply stops, so a flow waiting on the mark has a rescue deadline (the
+/// session's, see `Session::deadline`): then the mark comes off and the source is read. Bytes
+/// waiting there mean the sender paused (a stream whose sender lost its CPU) or finished a
+/// message; if the other direction then answers, it was a message, and the flow, which carries
+/// requests and responses, keeps no mark: each tail would wait for a rescue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum LowWater {
+    /// No mark; one is set after a big splice.
+    #[default]
+    Off,
+    Set,
+    /// The mark just came off on its deadline; the next read says whether bytes were waiting.
+    Rescued,
+    /// Bytes were waiting below the mark: a message ended if the other direction answers now;
+    /// the next big splice sets the mark again.
+    Suspect,
+    /// The other direction answered a rescued tail: no mark again for this flow.
+    Never,
+}
 
 /// A kernel pipe used as a splice(2) intermediary.
 pub struct Pipe {
@@ -212,9 +238,34 @@ pub struct Flow {
     pub yielded: bool,
     /// The flow is moving bulk data: the next channel it takes is a pipe (with `splice on`).
     bulk: bool,
+    low_water: LowWater,
 }
 
 impl Flow {
+    /// The source has a low-water mark, nothing above it to read, and nothing is pending for
+    /// the destination (whose writability would wake the flow anyway): only the rescue deadline
+    /// would bring bytes below the mark.
+    pub fn waiting_on_low_water(&self, src_ready: &Ready) -> bool {
+        self.low_water == LowWater::Set && !src_ready.readable && !self.src_eof && self.pending == 0
+    }
+
+    /// The other direction of the session moved bytes: if this flow's mark was just rescued
+    /// with bytes waiting, that was the end of a message, answered.
+    pub fn heard_back(&mut self) {
+        if self.low_water == LowWater::Suspect {
+            self.low_water = LowWater::Never;
+        }
+    }
+
+    /// The rescue: the mark comes off the source and the source is read on the next pump.
+    pub fn drop_low_water(&mut self, src: BorrowedFd<'_>, src_ready: &mut Ready) {
+        // why ignore errors: on a socket we hold only EINVAL could come back, and then the
+        // mark was never set either.
+        let _ = sys::set_rcvlowat(src, 1);
+        self.low_water = LowWater::Rescued;
+        src_ready.readable = true;
+    }
+
     /// Everything the source sent has reached the destination and FIN was passed on.
     pub fn done(&self) -> bool {
         self.src_eof && self.pending == 0 && self.dst_shut
@@ -311,6 +362,9 @@ impl Flow {
                     Ok((n, asked)) => {
                         self.pending += n;
                         progress = true;
+                        if self.low_water == LowWater::Rescued {
+                            self.low_water = LowWater::Suspect;
+                        }
                         match chan {
                             Channel::Buf(_) => {
                                 // A read that fills all the room it was offered is a bulk
@@ -336,6 +390,13 @@ impl Flow {
                                 if n < BULK_SPLICE && n < asked {
                                     self.bulk = false;
                                 }
+                                if n >= LOW_WATER_AFTER && matches!(self.low_water, LowWater::Off | LowWater::Suspect) {
+                                    if let End::Sock(fd) = &src {
+                                        if sys::set_rcvlowat(*fd, LOW_WATER).is_ok() {
+                                            self.low_water = LowWater::Set;
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -344,6 +405,10 @@ impl Flow {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if self.pending == 0 || matches!(chan, Channel::Buf(_)) {
                             src_ready.readable = false;
+                        }
+                        // Rescued with nothing waiting: the stream only paused.
+                        if self.low_water == LowWater::Rescued {
+                            self.low_water = LowWater::Off;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
@@ -472,6 +537,8 @@ impl Flow {
             delivered: state.delivered,
             yielded: false,
             bulk: state.bulk,
+            // The session's import takes any mark the old process left off its sockets.
+            low_water: LowWater::Off,
         })
     }
 }

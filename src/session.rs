@@ -22,6 +22,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a flow waits on its receive low-water mark with nothing moving before the mark
+/// comes off: the worst delay the mark adds to the tail of a message, once per flow.
+const LOW_WATER_RESCUE: Duration = Duration::from_millis(1);
+
 /// First wait between two looks at the survivor's unacknowledged bytes in `Aborting`; it
 /// doubles up to `ACK_POLL_MAX` while the peer takes nothing, and starts again on progress.
 const ACK_POLL_MIN: Duration = Duration::from_millis(2);
@@ -289,11 +293,31 @@ impl Session {
         match self.phase {
             Phase::Handshake { since } => since + t.handshake,
             Phase::Connecting { since } => since + t.connect,
+            Phase::Streaming if self.waiting_on_low_water() => self.last_active + LOW_WATER_RESCUE,
             Phase::Streaming if self.up.done() || self.down.done() => self.last_active + t.idle.min(t.fin),
             Phase::Streaming => self.last_active + t.idle,
             Phase::Aborting { .. } => {
                 let fin = self.last_active + t.fin;
                 self.unacked.map_or(fin, |(_, next_look)| next_look.min(fin))
+            }
+        }
+    }
+
+    /// A flow's source has a receive low-water mark and nothing above it: the session's
+    /// deadline is then the mark's rescue (see `relay::LowWater`).
+    pub fn waiting_on_low_water(&self) -> bool {
+        self.up.waiting_on_low_water(&self.client_ready) || self.down.waiting_on_low_water(&self.backend_ready)
+    }
+
+    /// The rescue deadline passed with a flow still waiting on its low-water mark: the mark
+    /// comes off, and the next pump reads whatever sits below it.
+    pub fn rescue_low_water(&mut self) {
+        if self.up.waiting_on_low_water(&self.client_ready) {
+            self.up.drop_low_water(self.client.as_fd(), &mut self.client_ready);
+        }
+        if let Some(backend) = &self.backend {
+            if self.down.waiting_on_low_water(&self.backend_ready) {
+                self.down.drop_low_water(backend.as_fd(), &mut self.backend_ready);
             }
         }
     }
@@ -338,7 +362,12 @@ impl Session {
             self.settings.splice,
             last,
         ) {
-            Ok(_) => None,
+            Ok(n) => {
+                if n > 0 {
+                    self.down.heard_back();
+                }
+                None
+            }
             Err(FlowError::Source) => Some(Side::Client),
             Err(FlowError::Dest) => Some(Side::Backend),
         };
@@ -353,7 +382,12 @@ impl Session {
                 self.settings.splice,
                 last,
             ) {
-                Ok(_) => None,
+                Ok(n) => {
+                    if n > 0 {
+                        self.up.heard_back();
+                    }
+                    None
+                }
                 Err(FlowError::Source) => Some(Side::Backend),
                 Err(FlowError::Dest) => Some(Side::Client),
             }
@@ -587,6 +621,10 @@ impl Session {
     ) -> std::io::Result<Session> {
         m.client.set_nonblocking(true)?;
         m.backend.set_nonblocking(true)?;
+        // A low-water mark the old process set would hold back bytes this one is not waiting
+        // for: every flow starts without one.
+        sys::set_rcvlowat(m.client.as_fd(), 1)?;
+        sys::set_rcvlowat(m.backend.as_fd(), 1)?;
         let meta = &m.meta;
         let mut session =
             Session::new(id, service, TcpStream::from_std(m.client), meta.client_addr, meta.settings, now);

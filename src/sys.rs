@@ -1,6 +1,6 @@
 //! The system calls the standard library, mio and socket2 do not wrap: splice(2) through pipes,
-//! reads and sends on borrowed descriptors, `SIOCOUTQ`, `TCP_DEFER_ACCEPT`, and the descriptor
-//! limit. This is the
+//! reads and sends on borrowed descriptors, `SIOCOUTQ`, `TCP_DEFER_ACCEPT`, `SO_RCVLOWAT`, and
+//! the descriptor limit. This is the
 //! only module with `unsafe`; every block says why it is sound. Everything else in the crate
 //! talks to the kernel through these safe functions.
 
@@ -82,6 +82,24 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads at most `buf.len()` bytes from memory we borrow.
     let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
     cvt(n)
+}
+
+/// `SO_RCVLOWAT`: epoll reports the socket readable only once `bytes` are queued (or at the
+/// peer's FIN, under memory pressure, or with the receive window nearly closed); 1 is the
+/// default, any byte.
+pub(crate) fn set_rcvlowat(socket: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: as in set_defer_accept: a live local of the size given, a borrowed descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    cvt(rc as isize).map(drop)
 }
 
 /// `TCP_DEFER_ACCEPT` on a listening socket: `seconds` > 0 has the kernel hand over a connection

@@ -470,8 +470,9 @@ impl Worker {
                 if session.yielded() {
                     self.again.push((slot, session.id));
                 }
-                // Aborting looks at the survivor's acknowledged bytes on a timer of its own.
-                if matches!(session.phase, Phase::Aborting { .. }) {
+                // Aborting looks at the survivor's acknowledged bytes on a timer of its own; a
+                // flow waiting on its low-water mark has a rescue deadline.
+                if matches!(session.phase, Phase::Aborting { .. }) || session.waiting_on_low_water() {
                     self.arm_timer(slot);
                 }
             }
@@ -519,6 +520,14 @@ impl Worker {
                 Phase::Connecting { .. } => {
                     let reason = format!("no answer within {}ms", session.settings.timeouts.connect.as_millis());
                     self.connect_failed(slot, &reason, true, now);
+                }
+                Phase::Streaming if session.waiting_on_low_water() => {
+                    session.rescue_low_water();
+                    self.pump(slot, now);
+                    // The popped entry was the session's only one: its idle deadline needs one.
+                    if !self.sessions[slot].closed {
+                        self.arm_timer(slot);
+                    }
                 }
                 Phase::Streaming => self.close(slot, Cause::IdleTimeout, now),
                 // Time to look at what the survivor's peer acknowledged (or to give up on it).
