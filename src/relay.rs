@@ -238,6 +238,7 @@ pub struct Flow {
     pub yielded: bool,
     /// The flow is moving bulk data: the next channel it takes is a pipe (with `splice on`).
     bulk: bool,
+    /// The receive low-water mark on the source, and what its rescues said.
     low_water: LowWater,
 }
 

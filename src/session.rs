@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a flow waits on its receive low-water mark with nothing moving before the mark
-/// comes off: the worst delay the mark adds to the tail of a message, once per flow.
+/// comes off: the worst delay the mark adds to bytes left below it (a paused stream's, or a
+/// message's tail: once for a flow of requests and responses, see `relay::LowWater`).
 const LOW_WATER_RESCUE: Duration = Duration::from_millis(1);
 
 /// First wait between two looks at the survivor's unacknowledged bytes in `Aborting`; it
