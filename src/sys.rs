@@ -88,32 +88,26 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// peer's FIN, under memory pressure, or with the receive window nearly closed); 1 is the
 /// default, any byte.
 pub(crate) fn set_rcvlowat(socket: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: as in set_defer_accept: a live local of the size given, a borrowed descriptor.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    cvt(rc as isize).map(drop)
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
 
 /// `TCP_DEFER_ACCEPT` on a listening socket: `seconds` > 0 has the kernel hand over a connection
 /// only once the client's first bytes arrived (or, for a client that says nothing, once that
 /// long has passed and a retransmitted SYN-ACK was answered); 0 turns it off.
 pub(crate) fn set_defer_accept(listener: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
-    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    set_int_option(listener, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds as usize)
+}
+
+/// An integer socket option socket2 does not wrap (capped at `c_int::MAX`).
+fn set_int_option(socket: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a live local; the
     // descriptor is borrowed, so it stays open for the call.
     let rc = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
+            socket.as_raw_fd(),
+            level,
+            name,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

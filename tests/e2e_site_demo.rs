@@ -9,10 +9,8 @@ mod common;
 use common::postgres::psql;
 use common::redis::cli;
 use common::*;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -65,16 +63,7 @@ impl Drop for Site {
 fn make_site_runs_the_whole_picture_and_ctrl_c_stops_it() {
     let dir = TempDir::new("site");
     let log = dir.join("site.log");
-    let out = File::create(&log).unwrap();
-    let script = plain_cargo_env(&mut Command::new("bash"))
-        .arg(repo_root().join("scripts/site-demo.sh"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let script = demo_script("site-demo.sh", &log).spawn().unwrap();
     let mut site = Site { script, log, pids: Vec::new() };
     wait_for(T, "the site up (shunt's admin endpoint listening)", || {
         assert!(matches!(site.script.try_wait(), Ok(None)), "site-demo.sh exited:\n{}", site.text());

@@ -20,12 +20,7 @@ fn worker_sessions(admin: SocketAddr, workers: usize) -> Vec<u64> {
 
 /// A connection through shunt to the echo server, proven by a round trip.
 fn echoed(addr: SocketAddr) -> TcpStream {
-    let mut c = connect(addr);
-    c.write_all(b"ping").unwrap();
-    let mut back = [0u8; 4];
-    c.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"ping");
-    c
+    echoed_from(loopback(1), addr).expect("an echoed connection")
 }
 
 #[test]

@@ -38,29 +38,28 @@ def wait_until(cond, timeout, step=0.05):
     return cond()
 
 
-def http_get(port, path="/", timeout=3.0):
-    """One GET with Connection: close; the status line. Used to warm a balancer up."""
-    with socket.create_connection((HOST, port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+def http_exchange(host, port, request, timeout=3.0):
+    """Sends `request` and reads the answer to EOF (the request asks for a close): its bytes."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(request.encode())
         data = b""
         while True:
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
+    return data
+
+
+def http_get(port, path="/", timeout=3.0):
+    """One GET with Connection: close; the status line. Used to warm a balancer up."""
+    data = http_exchange(HOST, port, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n", timeout)
     return data.split(b"\r\n", 1)[0].decode(errors="replace")
 
 
 def metrics_text(host, port, timeout=3.0):
     """GET /metrics from an admin endpoint: the body (Prometheus text)."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(f"GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = http_exchange(host, port, f"GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n", timeout)
     return data.partition(b"\r\n\r\n")[2].decode(errors="replace")
 
 

@@ -4,8 +4,9 @@
 //! that run a make target which builds (`make run`, `make install`) find the build done, as
 //! long as they call it with [`plain_cargo_env`].
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// Takes out of `cmd`'s environment what cargo sets for the crate under test (`CARGO`,
 /// `CARGO_PKG_*`, `CARGO_MANIFEST_*`, `CARGO_BIN_EXE_*`, ...), and nextest's own variables. A
@@ -26,6 +27,22 @@ pub fn plain_cargo_env(cmd: &mut Command) -> &mut Command {
             cmd.env_remove(name);
         }
     }
+    cmd
+}
+
+/// `bash scripts/NAME` as a test runs a demo script: without cargo's variables, without
+/// `RUST_LOG`, no stdin, stdout and stderr into `log`, in a process group of its own (so a
+/// test can send it a terminal's Ctrl-C). Add arguments and environment, then spawn.
+pub fn demo_script(name: &str, log: &Path) -> Command {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    let mut cmd = Command::new("bash");
+    plain_cargo_env(&mut cmd)
+        .arg(repo_root().join("scripts").join(name))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone the log file"))
+        .stderr(out)
+        .process_group(0);
     cmd
 }
 

@@ -6,7 +6,7 @@
 //! 100 ms, each with its own deadline, so one that hangs does not hide the ones after it.
 //! Everything is stopped and every namespace deleted on drop, even after a failed assertion.
 
-use super::bins::{plain_cargo_env, repo_root};
+use super::bins::demo_script;
 use super::clients::connect_from;
 use super::netns::spawn_in;
 use super::proc::TempDir;
@@ -14,8 +14,7 @@ use super::wait::wait_for;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -41,18 +40,11 @@ impl Pair {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let prefix = format!("ha{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = TempDir::new("ha");
-        let out = fs::File::create(dir.join("script.log")).unwrap();
-        let script = plain_cargo_env(&mut Command::new("bash"))
-            .arg(repo_root().join("scripts/ha-demo.sh"))
+        let script = demo_script("ha-demo.sh", &dir.join("script.log"))
             .args(args)
             .env("HA_PREFIX", &prefix)
             .env("HA_DIR", dir.path())
             .env("HA_NO_BUILD", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
             .spawn()
             .unwrap();
         let mut pair = Pair { script, prefix, dir };
