@@ -22,14 +22,22 @@ const NGINX: &str = "/usr/sbin/nginx";
 const HAPROXY: &str = "/usr/sbin/haproxy";
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-/// Runs `python3 scripts/bench.py ARGS`: (exit code, stdout, stderr). Killed after TIMEOUT.
-fn bench_py(args: &[&str]) -> (Option<i32>, String, String) {
+/// The shunt the dry runs check: the one cargo built for this test, or `$SHUNT_BIN`.
+fn shunt_bin() -> std::ffi::OsString {
+    std::env::var_os("SHUNT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_shunt").into())
+}
+
+/// Runs `python3 scripts/bench.py ARGS` with `SHUNT_ALT_BIN` set to `alt` (or unset): (exit
+/// code, stdout, stderr). Killed after TIMEOUT.
+fn bench_py_alt(args: &[&str], alt: Option<&std::ffi::OsStr>) -> (Option<i32>, String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shunt = std::env::var_os("SHUNT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_shunt").into());
-    let mut child = Command::new("python3")
-        .arg(root.join("scripts/bench.py"))
-        .args(args)
-        .env("SHUNT_BIN", shunt)
+    let mut command = Command::new("python3");
+    command.arg(root.join("scripts/bench.py")).args(args).env("SHUNT_BIN", shunt_bin());
+    match alt {
+        Some(alt) => command.env("SHUNT_ALT_BIN", alt),
+        None => command.env_remove("SHUNT_ALT_BIN"),
+    };
+    let mut child = command
         .current_dir(root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -59,6 +67,10 @@ fn bench_py(args: &[&str]) -> (Option<i32>, String, String) {
         thread::sleep(Duration::from_millis(50));
     };
     (status.code(), out.join().expect("stdout reader"), err.join().expect("stderr reader"))
+}
+
+fn bench_py(args: &[&str]) -> (Option<i32>, String, String) {
+    bench_py_alt(args, None)
 }
 
 /// The status word of the dry run's line for check `name` ("ok", "skip", "FAIL"), if any. A line
@@ -121,4 +133,26 @@ fn dry_run_checks_configs_parsers_and_reports() {
         }
     }
     assert!(stdout.lines().any(|l| l.starts_with("dry-run: ") && l.contains(" 0 failed")), "no summary line\n{shown}");
+}
+
+/// `shunt-alt` (a second build, for A/B runs of two commits) names the variable it needs when it
+/// is unset, and with it set has that binary check its config like the main build.
+#[test]
+fn shunt_alt_candidate_needs_and_checks_its_binary() {
+    let (code, stdout, stderr) = bench_py_alt(&["--dry-run", "--only", "shunt-alt"], None);
+    assert_ne!(code, Some(0), "shunt-alt without SHUNT_ALT_BIN ran\n{stdout}{stderr}");
+    assert!(stderr.contains("SHUNT_ALT_BIN"), "the error does not name SHUNT_ALT_BIN\n{stderr}");
+
+    // A link of its own, so the check's line shows which binary ran it.
+    let dir = std::env::temp_dir().join(format!("shunt-bench-alt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    let alt = dir.join("shunt-other-build");
+    let _ = std::fs::remove_file(&alt);
+    std::os::unix::fs::symlink(shunt_bin(), &alt).expect("link the alt build");
+    let (code, stdout, stderr) = bench_py_alt(&["--dry-run", "--only", "shunt,shunt-alt"], Some(alt.as_os_str()));
+    std::fs::remove_dir_all(&dir).expect("remove the temp dir");
+    assert_eq!(code, Some(0), "dry run with SHUNT_ALT_BIN failed\n{stdout}{stderr}");
+    assert_eq!(status_of(&stdout, "config shunt-alt, workers 1"), Some("ok"), "{stdout}");
+    let checked_by = |line: &&str| line.contains("config shunt-alt") && line.contains("shunt-other-build --check");
+    assert!(stdout.lines().any(|l| checked_by(&l)), "shunt-alt's config not checked by its own binary\n{stdout}");
 }

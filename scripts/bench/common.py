@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # The entry point: the idle-connection holder re-runs it as `bench.py --hold-helper`.
 ENTRY = ROOT / "scripts" / "bench.py"
 SHUNT_BIN = Path(os.environ.get("SHUNT_BIN", ROOT / "target" / "release" / "shunt"))
+# A second build for A/B runs (candidate "shunt-alt"), e.g. a copy of target/release/shunt built
+# from another commit: both builds measured in one interleaved run.
+SHUNT_ALT_BIN = os.environ.get("SHUNT_ALT_BIN")
 NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -22,8 +25,8 @@ SCALING_CPUS = "0,1"  # 2 workers: the balancer may use both cores (load stays o
 
 CANDIDATES = ["direct", "shunt", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]
 # Variants for A/B measurements, run only when --only names them: shunt with `defer_accept` on
-# its web and TLS binds.
-OPTIONAL_CANDIDATES = ["shunt-defer-accept"]
+# its web and TLS binds, and the build SHUNT_ALT_BIN names.
+OPTIONAL_CANDIDATES = ["shunt-defer-accept", "shunt-alt"]
 PEERS = ["haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx"]  # ratio columns
 SCALING_CANDIDATES = ["shunt", "haproxy", "nginx"]
 TLS_CANDIDATES = ["shunt", "haproxy", "nginx"]  # the TLS figures' candidates

@@ -7,8 +7,10 @@ the two nginx servers) and iperf (one server, so iperf3's control and data conne
 the proxies also terminate TLS in front of web on two more, one with an ECDSA P-256 and one with
 an RSA-2048 certificate (tls.py)."""
 
-from .common import (BALANCER_CPUS, HAPROXY, HOST, NGINX, SHUNT_BIN, STREAM_MODULE, BenchError,
-                     RunError)
+import os
+
+from .common import (BALANCER_CPUS, HAPROXY, HOST, NGINX, SHUNT_ALT_BIN, SHUNT_BIN, STREAM_MODULE,
+                     BenchError, RunError)
 from .net import accepts, free_port, metrics_text, wait_until
 from .procfs import is_listening, socket_count
 from .procs import Child, process_tree, run_cmd
@@ -121,12 +123,12 @@ class Direct(Candidate):
 
 
 class Shunt(Candidate):
-    tools = (str(SHUNT_BIN),)
-
-    def __init__(self, name, bind_options=""):
+    def __init__(self, name, bind_options="", binary=SHUNT_BIN):
         super().__init__(name)
         # Added to the web and TLS binds (clients that speak first), e.g. " defer_accept".
         self.bind_options = bind_options
+        self.binary = str(binary)
+        self.tools = (self.binary,)
 
     def config(self, d, web_port, iperf_port, backends, workers):
         a, b = backends.web_ports
@@ -164,7 +166,7 @@ service tls-{kind}
 """ for kind, port in self.tls_ports.items())
 
     def check_argv(self, conf, d):
-        return [str(SHUNT_BIN), "--check", "-c", str(conf)]
+        return [self.binary, "--check", "-c", str(conf)]
 
     def sessions_counter(self, inst, workers):
         port = self.admin_port
@@ -173,7 +175,7 @@ service tls-{kind}
         return lambda: worker_gauges(metrics_text(HOST, port), "shunt_worker_sessions", workers)
 
     def run_argv(self, conf, d):
-        return [str(SHUNT_BIN), "-c", str(conf)]
+        return [self.binary, "-c", str(conf)]
 
 
 class HAProxy(Candidate):
@@ -308,11 +310,20 @@ def worker_gauges(text, name, workers):
     return [values.get(i, 0.0) for i in range(workers)]
 
 
+def alt_binary():
+    if not SHUNT_ALT_BIN:
+        raise BenchError("shunt-alt measures the build SHUNT_ALT_BIN names: set it to a shunt binary")
+    if not os.path.isfile(SHUNT_ALT_BIN):
+        raise BenchError(f"SHUNT_ALT_BIN={SHUNT_ALT_BIN}: no such file")
+    return SHUNT_ALT_BIN
+
+
 def make_candidate(name):
     return {
         "direct": lambda: Direct(name),
         "shunt": lambda: Shunt(name),
         "shunt-defer-accept": lambda: Shunt(name, " defer_accept"),
+        "shunt-alt": lambda: Shunt(name, binary=alt_binary()),
         "haproxy": lambda: HAProxy(name, None),
         "haproxy-splice-auto": lambda: HAProxy(name, "auto"),
         "haproxy-splice": lambda: HAProxy(name, "forced"),
