@@ -32,7 +32,10 @@ const BULK_SPLICE: usize = 4096;
 /// of [`LOW_WATER`], so the worker wakes once per that much data instead of for every few
 /// segments (each wake-up costs the core that delivers the data too).
 const LOW_WATER_AFTER: usize = 64 * 1024;
-const LOW_WATER: usize = 128 * 1024;
+/// A pipe's worth: one wake-up, one full splice. Measured against 128 KiB (interleaved, iperf3):
+/// wake-ups per GB halved, CPU per GB 10% lower on one stream and 13% on four; 512 KiB measured
+/// no better.
+const LOW_WATER: usize = PIPE_SIZE;
 
 /// A flow's receive low-water mark on its source. The kernel does not wake a reader below the
 /// mark when the sender simply stops, so a flow waiting on the mark has a rescue deadline (the

@@ -1,8 +1,9 @@
-//! A streaming flow gets a receive low-water mark (`SO_RCVLOWAT`), so shunt wakes once per
-//! 128 KiB instead of every few segments. The kernel does not wake a reader below the mark when
-//! the sender just stops, so the mark has a rescue deadline: the tail of a message sent after a
-//! bulk burst still arrives at once, not when more data or the FIN comes. Both directions, a
-//! second burst and tail after the first (the flow then keeps no mark), every byte checked.
+//! A streaming flow gets a receive low-water mark (`SO_RCVLOWAT`), so shunt wakes once per pipe
+//! (256 KiB) instead of every few segments. The kernel does not wake a reader below the mark
+//! when the sender just stops, so the mark has a rescue deadline: the tail of a message sent
+//! after a bulk burst still arrives at once, not when more data or the FIN comes. Both
+//! directions, a second burst and tail after the first (the flow then keeps no mark), every byte
+//! checked.
 
 mod common;
 
