@@ -31,11 +31,45 @@ fn names_through(pair: &Pair, addr: SocketAddr, n: usize) -> Vec<String> {
     names
 }
 
-/// Once lb2 holds `vip` and answers: the outage `prober` saw since `fault`, and its failed probes.
-fn outage_through_lb2(pair: &Pair, prober: Prober, vip: std::net::Ipv4Addr, fault: Instant) -> (Duration, usize) {
-    pair.wait_holder(vip, "lb2", Duration::from_secs(20));
+/// A pair started with `args` and a prober on the VIP that has seen an answer.
+fn watched_pair(args: &[&str]) -> (Pair, Prober) {
+    let pair = Pair::start(args);
+    let prober = Prober::start(&pair, VIP);
+    prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
+    (pair, prober)
+}
+
+/// What goes wrong on lb1.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -9` of its shunt.
+    ProcessDeath,
+    /// Its link down.
+    LinkLoss,
+    /// Its routes to both web servers prohibited: its shunt lives, its track script fails.
+    ServersLost,
+    /// Planned: keepalived stopped (TERM) says goodbye with priority 0.
+    KeepalivedStopped,
+}
+
+/// Strikes `fault` on lb1; once lb2 holds the VIP and answers: the outage `prober` saw since
+/// the fault, and its failed probes.
+fn fail_over(pair: &Pair, prober: Prober, fault: Fault) -> (Duration, usize) {
+    let at = Instant::now();
+    match fault {
+        Fault::ProcessDeath => pair.kill_shunt("lb1"),
+        Fault::LinkLoss => pair.set_link("lb1", false),
+        Fault::ServersLost => {
+            for web in ["10.77.0.21", "10.77.0.22"] {
+                pair.ip("lb1", &["route", "add", "prohibit", web]);
+            }
+        }
+        // SAFETY: kill(2) on a pid the pair's script started.
+        Fault::KeepalivedStopped => assert_eq!(unsafe { libc::kill(pair.pid("lb1", "keepalived"), libc::SIGTERM) }, 0),
+    }
+    pair.wait_holder(VIP, "lb2", Duration::from_secs(20));
     prober.wait_answered_after(Instant::now(), Duration::from_secs(10));
-    prober.outage_after(fault)
+    prober.outage_after(at)
 }
 
 #[test]
@@ -62,12 +96,8 @@ fn the_client_reaches_both_web_servers_through_the_vip_and_ctrl_c_cleans_up() {
 
 #[test]
 fn kill_9_of_lb1_s_shunt_moves_the_vip_to_lb2_within_3_s() {
-    let pair = Pair::start(&[]);
-    let prober = Prober::start(&pair, VIP);
-    prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
-    let fault = Instant::now();
-    pair.kill_shunt("lb1");
-    let (outage, failed) = outage_through_lb2(&pair, prober, VIP, fault);
+    let (pair, prober) = watched_pair(&[]);
+    let (outage, failed) = fail_over(&pair, prober, Fault::ProcessDeath);
     eprintln!("kill -9: answered again after {outage:?} ({failed} probes failed)");
     assert!(outage <= Duration::from_secs(3), "outage {outage:?}");
     assert!(pair.log("lb1", "keepalived").contains("Entering FAULT STATE"));
@@ -75,12 +105,8 @@ fn kill_9_of_lb1_s_shunt_moves_the_vip_to_lb2_within_3_s() {
 
 #[test]
 fn lb1_s_link_down_fails_over_within_4_s_and_its_return_resets_nothing() {
-    let pair = Pair::start(&[]);
-    let prober = Prober::start(&pair, VIP);
-    prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
-    let fault = Instant::now();
-    pair.set_link("lb1", false);
-    let (outage, failed) = outage_through_lb2(&pair, prober, VIP, fault);
+    let (pair, prober) = watched_pair(&[]);
+    let (outage, failed) = fail_over(&pair, prober, Fault::LinkLoss);
     eprintln!("link down: answered again after {outage:?} ({failed} probes failed)");
     assert!(outage <= Duration::from_secs(4), "outage {outage:?}");
 
@@ -108,15 +134,9 @@ fn lb1_s_link_down_fails_over_within_4_s_and_its_return_resets_nothing() {
 
 #[test]
 fn lb1_with_every_server_down_gives_up_the_vip_though_its_shunt_lives() {
-    let pair = Pair::start(&[]);
-    let prober = Prober::start(&pair, VIP);
-    prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
+    let (pair, prober) = watched_pair(&[]);
     // lb1 loses its way to both web servers; lb2 still sees them.
-    let fault = Instant::now();
-    for web in ["10.77.0.21", "10.77.0.22"] {
-        pair.ip("lb1", &["route", "add", "prohibit", web]);
-    }
-    let (outage, failed) = outage_through_lb2(&pair, prober, VIP, fault);
+    let (outage, failed) = fail_over(&pair, prober, Fault::ServersLost);
     eprintln!("servers lost: answered again after {outage:?} ({failed} probes failed)");
     assert!(comm(pair.pid("lb1", "shunt") as u32).is_some(), "lb1's shunt died");
     let healthz = common::netns::run_in(&pair.ns("lb1"), || http_get("127.0.0.1:9000", "/healthz?service=web"));
@@ -164,9 +184,7 @@ fn active_active_serves_both_vips_and_one_node_carries_both() {
     }
     let prober = Prober::start(&pair, VIP);
     prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
-    let fault = Instant::now();
-    pair.set_link("lb1", false);
-    let (outage, _) = outage_through_lb2(&pair, prober, VIP, fault);
+    let (outage, _) = fail_over(&pair, prober, Fault::LinkLoss);
     eprintln!("active-active, lb1 gone: {VIP} answered again after {outage:?}");
     assert!(outage <= Duration::from_secs(4), "outage {outage:?}");
     assert_eq!(pair.holder(VIP_B), Some("lb2"));
@@ -175,44 +193,26 @@ fn active_active_serves_both_vips_and_one_node_carries_both() {
     }
 }
 
-/// One failover of `kind` (see `failover_figures`), start to answer: the outage the client saw.
-fn one_failover(kind: &str) -> Duration {
-    let pair = Pair::start(&[]);
-    let prober = Prober::start(&pair, VIP);
-    prober.wait_answered_after(Instant::now(), Duration::from_secs(5));
+/// One failover on `fault` (see `failover_figures`), start to answer: the outage the client saw.
+fn one_failover(fault: Fault) -> Duration {
+    let (pair, prober) = watched_pair(&[]);
     // Let the first election's gratuitous ARPs settle, then strike at a random point of the
     // track script's 1 s period (a fixed delay would measure one phase of it every time).
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     std::thread::sleep(Duration::from_millis(1000 + u64::from(nanos % 1000)));
-    let fault = Instant::now();
-    match kind {
-        "process death" => pair.kill_shunt("lb1"),
-        "link loss" => pair.set_link("lb1", false),
-        // Planned: keepalived stopped (TERM) says goodbye with priority 0.
-        "keepalived stopped" => {
-            // SAFETY: kill(2) on a pid the pair's script started.
-            assert_eq!(unsafe { libc::kill(pair.pid("lb1", "keepalived"), libc::SIGTERM) }, 0);
-        }
-        "failed track script" => {
-            for web in ["10.77.0.21", "10.77.0.22"] {
-                pair.ip("lb1", &["route", "add", "prohibit", web]);
-            }
-        }
-        _ => unreachable!(),
-    }
-    outage_through_lb2(&pair, prober, VIP, fault).0
+    fail_over(&pair, prober, fault).0
 }
 
 #[test]
 #[ignore = "about four minutes: the README's failover figures"]
 fn failover_figures() {
     let runs: usize = std::env::var("HA_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    for kind in ["process death", "link loss", "failed track script", "keepalived stopped"] {
-        let mut outages: Vec<Duration> = (0..runs).map(|_| one_failover(kind)).collect();
+    for fault in [Fault::ProcessDeath, Fault::LinkLoss, Fault::ServersLost, Fault::KeepalivedStopped] {
+        let mut outages: Vec<Duration> = (0..runs).map(|_| one_failover(fault)).collect();
         outages.sort();
         let ms = |d: Duration| d.as_millis();
         println!(
-            "failover on {kind}: min {} ms, median {} ms, max {} ms over {runs} runs: {:?}",
+            "failover on {fault:?}: min {} ms, median {} ms, max {} ms over {runs} runs: {:?}",
             ms(outages[0]),
             ms(outages[runs / 2]),
             ms(outages[runs - 1]),

@@ -46,9 +46,9 @@ impl Worker {
     }
 
     /// Passes `conn` to a less loaded worker, if one should take it (`None`); otherwise gives
-    /// it back for this worker to start.
+    /// it back for this worker to start. (With one worker, `accept` does not ask.)
     pub(super) fn dispatch(&mut self, conn: Accepted) -> Option<Accepted> {
-        if self.peers.len() < 2 || self.drain_deadline.is_some() {
+        if self.drain_deadline.is_some() {
             return Some(conn);
         }
         self.loads.clear();
