@@ -295,10 +295,12 @@ impl HealthThread {
         } else {
             warn!("server {label} is DOWN ({reason})");
         }
-        t.server.up.store(up, std::sync::atomic::Ordering::Relaxed);
         for w in &self.workers {
             w.send(WorkerMsg::Health { id, up });
         }
+        // After the messages: whoever reads the new verdict here (the admin endpoint, a test)
+        // can count on every worker having it queued, ahead of any connection accepted later.
+        t.server.up.store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn set_admin(&mut self, id: ServerId, state: AdminState) {
