@@ -29,12 +29,16 @@ fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
 fn tail_arrives_after_burst(upload: bool) {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = std::sync::Mutex::new(go_rx);
+    // Upload: the far end says when a part's burst has all arrived, so the tail comes alone.
+    let (burst_in_tx, burst_in_rx) = mpsc::channel::<()>();
+    let burst_in_tx = std::sync::Mutex::new(burst_in_tx);
     // The far end: as sender it writes burst, tail (on cue), twice; as receiver it checks every
     // byte and answers one byte at the end of each part ("!" when it was exact), so the client
     // can time the tail's arrival.
     let part = BURST + TAIL.len();
     let server = TcpServer::start(move |mut s, _| {
         let go = go_rx.lock().unwrap();
+        let burst_in = burst_in_tx.lock().unwrap().clone();
         if upload {
             let expected: Vec<u8> = [pattern_bytes(BURST), TAIL.to_vec()].concat().repeat(2);
             let mut got = Vec::new();
@@ -43,7 +47,14 @@ fn tail_arrives_after_burst(upload: bool) {
             while answered < 2 {
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        let before = got.len();
+                        got.extend_from_slice(&buf[..n]);
+                        let burst_end = answered * part + BURST;
+                        if before < burst_end && got.len() >= burst_end {
+                            let _ = burst_in.send(());
+                        }
+                    }
                 }
                 while answered < 2 && got.len() >= (answered + 1) * part {
                     let end = (answered + 1) * part;
@@ -72,8 +83,8 @@ fn tail_arrives_after_burst(upload: bool) {
     for round in 0..2 {
         if upload {
             c.write_all(&pattern_bytes(BURST)).unwrap();
-            // Let the burst drain through shunt, so the tail comes alone after a pause.
-            std::thread::sleep(Duration::from_millis(100));
+            // The burst has drained through shunt: the tail comes alone, after a pause.
+            burst_in_rx.recv_timeout(Duration::from_secs(10)).expect("the burst reached the server");
             let sent = Instant::now();
             c.write_all(TAIL).unwrap();
             assert_eq!(read_n(&mut c, 1), b"!", "round {round}");
