@@ -36,56 +36,52 @@ def per_gb(cpu, nbytes):
     return None if cpu is None or not nbytes else cpu / (nbytes / 1e9)
 
 
-def run_keepalive(inst, cfg, **_):
-    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration))
-    return {"metrics": {"rps": w["rps"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "requests": w["requests"],
-                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"]),
+def request_result(w, cpu, machine, p50=True):
+    """A wrk run of small requests: rate, latency, and the CPU per 100k requests."""
+    latency = {"p50_ms": w["p50_ms"]} if p50 else {}
+    return {"metrics": {"rps": w["rps"], **latency, "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
+                        "cpu_per_100k": per_100k(cpu, w["requests"]),
                         "machine_per_100k": per_100k(machine, w["requests"])},
             "errors": w["errors"], "raw": w["raw"]}
 
 
-def run_close(inst, cfg, **_):
-    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration, close=True))
-    return {"metrics": {"rps": w["rps"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "requests": w["requests"],
-                        "cpu_s": cpu, "cpu_per_100k": per_100k(cpu, w["requests"]),
-                        "machine_per_100k": per_100k(machine, w["requests"])},
-            "errors": w["errors"], "raw": w["raw"]}
-
-
-def run_download(inst, cfg, **_):
-    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.web_port, "/1m", 8, cfg.duration))
+def download_result(w, cpu, machine):
+    """A wrk run of 1 MiB downloads: MiB/s, p99, and the CPU per GB moved (both ways)."""
     moved = w["bytes_read"] + w["bytes_sent"]
     return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
                         "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved),
                         "machine_per_gb": per_gb(machine, moved)},
             "errors": w["errors"], "raw": w["raw"]}
+
+
+def run_keepalive(inst, cfg, **_):
+    return request_result(*cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration)))
+
+
+def run_close(inst, cfg, **_):
+    return request_result(*cpu_block(inst, lambda: wrk(inst.web_port, "/", 50, cfg.duration, close=True)))
+
+
+def run_download(inst, cfg, **_):
+    return download_result(*cpu_block(inst, lambda: wrk(inst.web_port, "/1m", 8, cfg.duration)))
 
 
 def run_tls_close(kind):
     def run(inst, cfg, **_):
-        w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports[kind], "/", 50, cfg.duration, close=True, scheme="https"))
-        return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
-                            "cpu_per_100k": per_100k(cpu, w["requests"]),
-                            "machine_per_100k": per_100k(machine, w["requests"])},
-                "errors": w["errors"], "raw": w["raw"]}
+        port = inst.tls_ports[kind]
+        return request_result(*cpu_block(inst, lambda: wrk(port, "/", 50, cfg.duration, close=True, scheme="https")),
+                              p50=False)
     return run
 
 
 def run_tls_keepalive(inst, cfg, **_):
-    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/", 50, cfg.duration, scheme="https"))
-    return {"metrics": {"rps": w["rps"], "p99_ms": w["p99_ms"], "requests": w["requests"], "cpu_s": cpu,
-                        "cpu_per_100k": per_100k(cpu, w["requests"]),
-                            "machine_per_100k": per_100k(machine, w["requests"])},
-            "errors": w["errors"], "raw": w["raw"]}
+    port = inst.tls_ports["ecdsa"]
+    return request_result(*cpu_block(inst, lambda: wrk(port, "/", 50, cfg.duration, scheme="https")), p50=False)
 
 
 def run_tls_download(inst, cfg, **_):
-    w, cpu, machine = cpu_block(inst, lambda: wrk(inst.tls_ports["ecdsa"], "/1m", 8, cfg.duration, scheme="https"))
-    moved = w["bytes_read"] + w["bytes_sent"]
-    return {"metrics": {"mib_s": w["bytes_read"] / (1 << 20) / w["duration_s"], "p99_ms": w["p99_ms"],
-                        "requests": w["requests"], "bytes": moved, "cpu_s": cpu, "cpu_per_gb": per_gb(cpu, moved),
-                        "machine_per_gb": per_gb(machine, moved)},
-            "errors": w["errors"], "raw": w["raw"]}
+    port = inst.tls_ports["ecdsa"]
+    return download_result(*cpu_block(inst, lambda: wrk(port, "/1m", 8, cfg.duration, scheme="https")))
 
 
 def run_iperf(streams):
